@@ -1,0 +1,150 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""Users and episodes: how rows of a preference dataset become few-shot training and evaluation examples.
+
+An *episode* is one user's set of target pairs plus a context set of that user's pairs. During training the context is
+a random subset of the targets (as in the paper); for evaluation it is disjoint from them, so accuracy is measured on
+unseen pairs. Episodes are drawn once, from a seed, when a dataset is prepared: they are ordinary dataset rows, so the
+Trainer's sampler, sharding and checkpoint resume treat them like any other example.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TOO_FEW_PAIRS_POLICIES = ("skip", "replace", "error")
+
+
+@dataclass
+class Episode:
+    """Row indices of one user's episode. `context_rows` may be empty (0-shot)."""
+
+    user: str
+    target_rows: list[int]
+    context_rows: list[int]
+    target_in_context: list[bool] = field(default_factory=list)
+
+
+def group_rows_by_user(users: Iterable[Any]) -> dict[str, list[int]]:
+    """Row indices of each user, users in order of first appearance (user ids are compared as strings)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for row, user in enumerate(users):
+        groups[str(user)].append(row)
+    return dict(groups)
+
+
+def _handle_too_few(user: str, have: int, need: int, policy: str, what: str) -> bool:
+    """Whether to keep a user with `have < need` pairs (sampling with replacement); raises under "error"."""
+    if policy == "error":
+        raise ValueError(
+            f"User {user!r} has {have} preference pairs but {need} are needed for {what}. Set "
+            "`too_few_pairs='skip'` to drop such users or `too_few_pairs='replace'` to sample their pairs with "
+            "replacement, or lower `num_targets` / `max_context` / `eval_context_sizes`."
+        )
+    return policy == "replace" and have > 0
+
+
+def build_train_episodes(
+    rows_by_user: dict[str, list[int]],
+    num_targets: int,
+    min_context: int,
+    max_context: int,
+    too_few_pairs: str = "skip",
+    num_passes: int = 1,
+    seed: int = 0,
+) -> tuple[list[Episode], list[str]]:
+    """Training episodes: each pass shuffles every user's pairs and cuts them into episodes of `num_targets` targets
+    (the last one topped up with other pairs of the same user); the context is a random subset of C targets with C
+    uniform in `[min_context, max_context]`.
+
+    Returns the episodes and the users skipped for having fewer than `num_targets` pairs.
+    """
+    rng = random.Random(seed)
+    episodes, skipped = [], []
+    for user, rows in rows_by_user.items():
+        if len(rows) < num_targets and not _handle_too_few(user, len(rows), num_targets, too_few_pairs, "one episode"):
+            skipped.append(user)
+            continue
+        for _ in range(num_passes):
+            if len(rows) < num_targets:  # "replace": sample with replacement
+                chunks = [[rng.choice(rows) for _ in range(num_targets)]]
+            else:
+                order = rows[:]
+                rng.shuffle(order)
+                chunks = [order[i : i + num_targets] for i in range(0, len(order), num_targets)]
+                if len(chunks[-1]) < num_targets:  # top up from this user's other pairs
+                    last = set(chunks[-1])
+                    rest = [r for r in rows if r not in last]
+                    chunks[-1] += rng.sample(rest, num_targets - len(chunks[-1]))
+            for targets in chunks:
+                size = rng.randint(min_context, max_context)
+                in_context = sorted(rng.sample(range(num_targets), size))
+                flags = [False] * num_targets
+                for position in in_context:
+                    flags[position] = True
+                episodes.append(Episode(user, targets, [targets[p] for p in in_context], flags))
+    return episodes, skipped
+
+
+def build_eval_episodes(
+    rows_by_user: dict[str, list[int]],
+    context_sizes: Sequence[int],
+    num_targets: int,
+    too_few_pairs: str = "skip",
+    seed: int = 0,
+) -> tuple[list[Episode], list[str]]:
+    """Evaluation episodes with contexts disjoint from targets: for every user and every context size C, the user's
+    pairs are cut into target chunks of at most `num_targets`, and each chunk gets C context pairs drawn from the
+    user's other pairs. Every pair is thus scored once per context size, always as an unseen pair.
+
+    Returns the episodes and the users skipped for having fewer than `max(context_sizes) + 1` pairs.
+    """
+    rng = random.Random(seed)
+    largest = max(context_sizes)
+    episodes, skipped = [], []
+    for user, rows in rows_by_user.items():
+        replace = len(rows) < largest + 1
+        if replace:
+            keep = _handle_too_few(user, len(rows), largest + 1, too_few_pairs, f"{largest} unseen context pairs")
+            if not keep or len(rows) < 2:  # even with replacement, unseen context needs one pair besides the target
+                skipped.append(user)
+                continue
+        for size in context_sizes:
+            order = rows[:]
+            rng.shuffle(order)
+            chunk = max(1, min(num_targets, len(rows) - (1 if replace else size)))
+            for start in range(0, len(order), chunk):
+                targets = order[start : start + chunk]
+                taken = set(targets)
+                others = [r for r in rows if r not in taken]
+                if replace:
+                    context = [rng.choice(others) for _ in range(size)]
+                else:
+                    context = rng.sample(others, size)
+                episodes.append(Episode(user, targets, context, [False] * len(targets)))
+    return episodes, skipped
+
+
+def num_train_passes(num_pairs: int, num_targets: int, min_episodes: int = 1) -> int:
+    """How many shuffled passes give at least `min_episodes` episodes for a user with `num_pairs` pairs."""
+    per_pass = max(1, math.ceil(num_pairs / num_targets))
+    return max(1, math.ceil(min_episodes / per_pass))
+
+
+def log_skipped(skipped: list[str], rows_by_user: dict[str, list[int]], dataset_name: str) -> None:
+    if skipped:
+        logger.warning(
+            "Skipped %d of %d users of the %s dataset with too few preference pairs (too_few_pairs='skip'): %s%s",
+            len(skipped),
+            len(rows_by_user),
+            dataset_name,
+            ", ".join(skipped[:5]),
+            " ..." if len(skipped) > 5 else "",
+        )

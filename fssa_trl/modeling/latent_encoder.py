@@ -1,0 +1,153 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""Neural-process latent encoder: a user's context set of pairwise choices -> preference latent z."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+AGGREGATIONS = ("mean", "sum", "attention")
+LATENT_TYPES = ("deterministic", "gaussian")
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class LatentOutput:
+    """Output of [`NPLatentEncoder`].
+
+    Args:
+        z (`torch.Tensor` of shape `(B, latent_dim)`):
+            The latent used downstream: a sample of q(z | set) in training for a Gaussian latent, its mean otherwise.
+        mean (`torch.Tensor` of shape `(B, latent_dim)`):
+            Mean of q(z | set) (equal to `z` for a deterministic latent).
+        std (`torch.Tensor` of shape `(B, latent_dim)`, *optional*):
+            Standard deviation of q(z | set); `None` for a deterministic latent.
+    """
+
+    z: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+
+
+class NPLatentEncoder(nn.Module):
+    r"""Permutation-invariant encoder of a set of pairwise choices (the neural-process encoder of
+    [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998)).
+
+    Each context pair is embedded as `[e(chosen), e(rejected)]`, passed through a pair MLP, aggregated over the set
+    (masked mean, masked sum, or masked self-attention followed by a masked mean) and mapped to z. An empty set
+    (0-shot, an unknown user) aggregates to a learned vector, so z is then the learned population prior.
+
+    Args:
+        embedding_dim (`int`):
+            Dimension D of the response embeddings e(prompt, response).
+        latent_dim (`int`, *optional*, defaults to `64`):
+            Dimension of z.
+        hidden_dim (`int`, *optional*, defaults to `256`):
+            Width of the pair MLP and of the latent head.
+        aggregation (`str`, *optional*, defaults to `"mean"`):
+            `"mean"`, `"sum"` or `"attention"` (one masked self-attention layer over the set, then masked mean).
+        latent_type (`str`, *optional*, defaults to `"deterministic"`):
+            `"deterministic"` (conditional NP) or `"gaussian"` (latent NP; q(z | set) is a diagonal Gaussian).
+        num_heads (`int`, *optional*, defaults to `4`):
+            Attention heads when `aggregation="attention"`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from fssa_trl.modeling import NPLatentEncoder
+    >>> encoder = NPLatentEncoder(embedding_dim=8, latent_dim=4, hidden_dim=16)
+    >>> chosen, rejected = torch.randn(2, 3, 8), torch.randn(2, 3, 8)  # (B, C, D)
+    >>> mask = torch.tensor([[True, True, False], [False, False, False]])  # second user: empty context
+    >>> encoder(chosen, rejected, mask).z.shape
+    torch.Size([2, 4])
+    ```
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        latent_dim: int = 64,
+        hidden_dim: int = 256,
+        aggregation: str = "mean",
+        latent_type: str = "deterministic",
+        num_heads: int = 4,
+    ):
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {aggregation!r}.")
+        if latent_type not in LATENT_TYPES:
+            raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {latent_type!r}.")
+        self.embedding_dim = embedding_dim
+        self.latent_dim = latent_dim
+        self.aggregation = aggregation
+        self.latent_type = latent_type
+        self.pair_encoder = _mlp(2 * embedding_dim, hidden_dim, hidden_dim)
+        self.attention = (
+            nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if aggregation == "attention" else None
+        )
+        self.empty_set = nn.Parameter(torch.zeros(hidden_dim))  # learned representation of an empty context
+        out_dim = latent_dim * (2 if latent_type == "gaussian" else 1)
+        self.latent_head = _mlp(hidden_dim, hidden_dim, out_dim)
+
+    def aggregate(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Set representation `(B, hidden_dim)` of `(B, C, D)` pair embeddings with a `(B, C)` boolean mask."""
+        pairs = self.pair_encoder(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
+        mask = mask.to(torch.bool)
+        if self.attention is not None and pairs.shape[1] > 0:
+            # A fully masked row would make attention return NaN: let empty sets attend to themselves, then drop them.
+            key_padding = ~mask
+            key_padding[~mask.any(dim=1)] = False
+            pairs, _ = self.attention(pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False)
+        weights = mask.to(pairs.dtype).unsqueeze(-1)  # (B, C, 1)
+        summed = (pairs * weights).sum(dim=1)  # (B, H)
+        counts = weights.sum(dim=1)  # (B, 1)
+        if self.aggregation == "sum":
+            aggregated = summed
+        else:
+            aggregated = summed / counts.clamp(min=1.0)
+        empty = counts == 0
+        return torch.where(empty, self.empty_set.to(aggregated.dtype).expand_as(aggregated), aggregated)
+
+    def forward(
+        self,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        mask: torch.Tensor,
+        sample: bool = False,
+    ) -> LatentOutput:
+        """Encode a batch of context sets.
+
+        Args:
+            chosen (`torch.Tensor` of shape `(B, C, D)`): embeddings of the chosen responses.
+            rejected (`torch.Tensor` of shape `(B, C, D)`): embeddings of the rejected responses.
+            mask (`torch.Tensor` of shape `(B, C)`): `True` where a context pair exists (C may be 0).
+            sample (`bool`): for a Gaussian latent, draw z with the reparameterisation trick instead of using the mean.
+        """
+        hidden = self.latent_head(self.aggregate(chosen, rejected, mask))
+        if self.latent_type == "deterministic":
+            return LatentOutput(z=hidden, mean=hidden)
+        mean, raw_std = hidden.chunk(2, dim=-1)
+        std = 0.01 + 0.99 * nn.functional.softplus(raw_std)  # bounded below, as in the NP literature
+        z = mean + std * torch.randn_like(std) if sample else mean
+        return LatentOutput(z=z, mean=mean, std=std)
+
+
+def gaussian_kl(q: LatentOutput, p: LatentOutput) -> torch.Tensor:
+    """KL(q || p) of two diagonal Gaussians, summed over latent dimensions: shape `(B,)`."""
+    if q.std is None or p.std is None:
+        raise ValueError("gaussian_kl needs Gaussian latents (latent_type='gaussian').")
+    var_q, var_p = q.std.pow(2), p.std.pow(2)
+    kl = torch.log(p.std / q.std) + (var_q + (q.mean - p.mean).pow(2)) / (2 * var_p) - 0.5
+    return kl.sum(dim=-1)
