@@ -117,12 +117,12 @@ def plot_few_shot(results: Sequence[FewShotResults], path: str, title: str | Non
 
 def _target_rewards(model, dataset, episodes, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(chosen, rejected) rewards of every episode's targets under the latent of its context."""
-    prompts = dataset["prompt"] if "prompt" in dataset.column_names else [""] * len(dataset)
+    prompts = list(dataset["prompt"]) if "prompt" in dataset.column_names else [""] * len(dataset)
     precomputed = model.mode != "plain" and model.embedder is None and model.mode == "embedding"
     if precomputed:
-        chosen_col, rejected_col = dataset["chosen_embedding"], dataset["rejected_embedding"]
+        chosen_col, rejected_col = list(dataset["chosen_embedding"]), list(dataset["rejected_embedding"])
     else:
-        chosen_col, rejected_col = dataset["chosen"], dataset["rejected"]
+        chosen_col, rejected_col = list(dataset["chosen"]), list(dataset["rejected"])
 
     def context_of(rows):
         if precomputed:

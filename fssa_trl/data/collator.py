@@ -31,8 +31,10 @@ def _pad_sets(table: torch.Tensor, sets: list[list[int]]) -> tuple[torch.Tensor,
     for row, indices in enumerate(sets):
         index[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
         mask[row, : len(indices)] = True
-    dim = table.shape[-1] if table.numel() else 0
-    return table[index] if table.numel() else torch.zeros((len(sets), width, dim)), mask
+    if not table.numel():
+        return torch.zeros((len(sets), width, 0)), mask
+    # Padded slots are zeros (not row 0 of the table), as documented.
+    return table[index] * mask.unsqueeze(-1).to(table.dtype), mask
 
 
 @dataclass

@@ -79,12 +79,12 @@ class TextEmbedder:
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs) -> TextEmbedder:
+    def from_pretrained(cls, name_or_path: str, tokenizer=None, **kwargs) -> TextEmbedder:
         """Load any Hugging Face encoder (e.g. `sentence-transformers/all-MiniLM-L6-v2`) as a frozen embedder."""
         from transformers import AutoModel, AutoTokenizer
 
         model = AutoModel.from_pretrained(name_or_path).eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
         return cls(model, tokenizer, name=name_or_path, **kwargs)
 
     @property

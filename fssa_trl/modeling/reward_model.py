@@ -100,10 +100,11 @@ class SteerableRewardModel(nn.Module):
         if config["mode"] == "embedding":
             model = NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=config["np_modules"]))
             model.fssa_np.load_state_dict(load_np_state_dict(path))
-            embedder = None
+            embedder = tokenizer = None
             if source["source"] != "precomputed":
-                embedder = TextEmbedder.from_pretrained(source["name_or_path"], **embed_kwargs)
-            tokenizer = embedder.tokenizer if embedder is not None else None
+                # The tokenizer the trainer used is saved beside the weights.
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                embedder = TextEmbedder.from_pretrained(source["name_or_path"], tokenizer=tokenizer, **embed_kwargs)
         else:
             from peft import PeftConfig, PeftModel
 

@@ -80,7 +80,14 @@ def check_preference_dataset(dataset, args, dataset_name: str, needs_prompt: boo
                     f"`context_embedding='precomputed'` needs the float-list column {column!r} in the {dataset_name} "
                     f"dataset. Add it, or set `context_embedding` to 'base' or an encoder name to embed the text."
                 )
-        vectors = torch.tensor(dataset[EMBEDDING_COLUMNS[0]] + dataset[EMBEDDING_COLUMNS[1]], dtype=torch.float32)
+        lengths = {len(v) for column in EMBEDDING_COLUMNS for v in dataset[column]}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"Embedding dimension mismatch in the {dataset_name} dataset: 'chosen_embedding'/'rejected_embedding' "
+                f"vectors have lengths {sorted(lengths)}. Every embedding must come from one model, with one dimension."
+            )
+        # datasets >= 4 returns a lazy `Column` for `dataset[name]`, which has no `+`: concatenate as lists.
+        vectors = torch.tensor(list(dataset[EMBEDDING_COLUMNS[0]]) + list(dataset[EMBEDDING_COLUMNS[1]]), dtype=torch.float32)
         if not torch.isfinite(vectors).all():
             row = int((~torch.isfinite(vectors)).any(-1).nonzero()[0]) % len(dataset)
             raise ValueError(

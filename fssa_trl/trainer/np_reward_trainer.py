@@ -20,6 +20,7 @@ from ..modeling.np_modules import NPModules
 from ..modeling.reward_head import preference_log_likelihood
 from .np_common import (
     EPISODE_COLUMNS,
+    TEXT_KEY_COLUMNS,
     add_text_keys,
     build_store,
     check_preference_dataset,
@@ -148,6 +149,7 @@ class NPRewardTrainer(RewardTrainer):
             np_kwargs = {"encoder": encoder_kwargs(args, dim), "decoder": decoder}
             model = NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=np_kwargs))
             args.gradient_checkpointing = False  # no backbone runs during training: nothing to checkpoint
+            args.activation_checkpointing = False  # its name since transformers 5.24 (the one Trainer.train reads)
 
         super().__init__(
             model=model,
@@ -251,7 +253,8 @@ class NPRewardTrainer(RewardTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "target_in_context" in dataset.column_names:
             return dataset
-        if "chosen_ids" not in dataset.column_names:  # raw data: check it and keep the texts to embed
+        prepared = "chosen_ids" in dataset.column_names or TEXT_KEY_COLUMNS[0] in dataset.column_names
+        if not prepared:  # raw data: check it and keep the texts to embed
             check_preference_dataset(dataset, args, dataset_name)
             if args.context_embedding != "precomputed":
                 dataset = add_text_keys(dataset, processing_class)
