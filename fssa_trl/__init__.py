@@ -5,14 +5,17 @@ __version__ = "0.1.0.dev0"
 
 from .data import DataCollatorForContextSets, users_from_attributes  # noqa: E402
 from .evaluation import FewShotResults, evaluate_few_shot  # noqa: E402
-from .modeling import SteerableRewardModel, fold_latent_into_lora  # noqa: E402
-from .trainer import NPRewardConfig, NPRewardTrainer  # noqa: E402
+from .modeling import SteerablePolicy, SteerableRewardModel, fold_latent_into_lora  # noqa: E402
+from .trainer import NPDPOConfig, NPDPOTrainer, NPRewardConfig, NPRewardTrainer  # noqa: E402
 
 __all__ = [
     "DataCollatorForContextSets",
     "FewShotResults",
+    "NPDPOConfig",
+    "NPDPOTrainer",
     "NPRewardConfig",
     "NPRewardTrainer",
+    "SteerablePolicy",
     "SteerableRewardModel",
     "evaluate_few_shot",
     "fold_latent_into_lora",

@@ -28,6 +28,10 @@ ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
 # A fresh machine JIT-compiles DeepSpeed's shared-memory communication op on the first CPU launch (about 2.5 min on 2
 # cores, cached in ~/.cache/torch_extensions afterwards); a warm run takes about 30 s.
 TIMEOUT = 600
+# Attention aggregation: nn.MultiheadAttention reads out_proj.weight without calling out_proj, and a process whose
+# batch held only 0-shot episodes skipped the attention; both broke ZeRO-3 (fixed in NPTrainerMixin._np_finish_init
+# and NPLatentEncoder.aggregate).
+TRAIN_ARGS = ["--aggregation", "attention"]
 
 
 def free_port() -> int:
@@ -44,11 +48,13 @@ def run(command: list[str]) -> None:
 
 def launch_zero3(output_dir: Path, *args: str) -> None:
     port = str(free_port())
-    # `--use_cpu true` reaches the training arguments; the config's `use_cpu: true` is not passed on by accelerate's
-    # DeepSpeed launcher, and without it each process would take itself for the only (and main) one.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     command += [str(ACCELERATE_CONFIGS / "zero3_cpu.yaml"), "--main_process_port", port, str(SCRIPT)]
-    run([*command, "--output_dir", str(output_dir), "--use_cpu", "true", *args])
+    # `--use_cpu true`: the config's `use_cpu: true` is not passed on by accelerate's DeepSpeed launcher, and without
+    # it each process takes itself for the only (and main) one. Persistence threshold 0: by default ZeRO-3 keeps every
+    # parameter under 1e5 elements whole on every process (all of the tiny model), so nothing would be partitioned.
+    command += ["--output_dir", str(output_dir), "--use_cpu", "true", "--zero3_param_persistence_threshold", "0"]
+    run([*command, *TRAIN_ARGS, *args])
 
 
 def tensors(path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -69,7 +75,7 @@ def zero3_run(tmp_path_factory):
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install fssa_trl[deepspeed])")
     root = tmp_path_factory.mktemp("zero3")
     launch_zero3(root / "zero3", "--save_strategy", "steps", "--save_steps", "2")
-    single = [sys.executable, str(SCRIPT), "--output_dir", str(root / "single"), "--use_cpu", "true"]
+    single = [sys.executable, str(SCRIPT), "--output_dir", str(root / "single"), "--use_cpu", "true", *TRAIN_ARGS]
     run([*single, "--per_device_train_batch_size", "4", "--eval_pairs_per_user", "0"])
     return root
 

@@ -76,6 +76,16 @@ def test_empty_set_prior_is_learned():
     assert encoder.empty_set.grad is not None and encoder.empty_set.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_every_parameter_gets_a_gradient_on_a_batch_of_empty_sets(aggregation):
+    """Under DeepSpeed ZeRO-3 every process must run the same modules and reduce a gradient for every parameter: a
+    process whose batch holds only 0-shot episodes must not skip the attention."""
+    encoder = make_encoder(aggregation)
+    z = encoder(torch.zeros(2, 0, D), torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool)).z
+    z.sum().backward()
+    assert [name for name, p in encoder.named_parameters() if p.grad is None] == []
+
+
 def test_sum_is_count_times_mean():
     mean_encoder, sum_encoder = make_encoder("mean"), make_encoder("sum")
     sum_encoder.load_state_dict(mean_encoder.state_dict())

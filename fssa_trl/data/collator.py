@@ -23,6 +23,10 @@ CONTEXT_KEYS = (
 )
 
 
+# Per-target columns handed to TRL's collator (reward: ids and margin; DPO: prompt/completion ids, reference log-probs).
+TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids", "margin", "ref_chosen_logps", "ref_rejected_logps")
+
+
 def _pad_sets(table: torch.Tensor, sets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of `table` for each index set, padded: `(B, max_len, D)` and a `(B, max_len)` boolean mask."""
     width = max((len(s) for s in sets), default=0)
@@ -101,7 +105,7 @@ class DataCollatorForContextSets:
         table = self.embeddings()
         batch: dict[str, Any] = {}
         if self.target_collator is not None:
-            token_keys = [k for k in ("prompt_ids", "chosen_ids", "rejected_ids", "margin") if k in episodes[0]]
+            token_keys = [k for k in TOKEN_KEYS if k in episodes[0]]
             targets = [
                 {key: episode[key][i] for key in token_keys}
                 for episode in episodes

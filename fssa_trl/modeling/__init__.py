@@ -2,8 +2,10 @@ from .embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel, en
 from .hypernetwork import LoRAHypernetwork, LoRAModulator, Modulation, find_lora_layers, fold_latent_into_lora
 from .latent_encoder import LatentOutput, NPLatentEncoder, gaussian_kl
 from .np_modules import NPModules, load_np_modules, save_np_modules
+from .policy import SteerablePolicy
 from .reward_head import EmbeddingRewardDecoder, preference_log_likelihood
 from .reward_model import SteerableRewardModel
+from .steerable import SteerableModel
 
 __all__ = [
     "EmbeddingRewardDecoder",
@@ -15,6 +17,8 @@ __all__ = [
     "NPEmbeddingRewardModel",
     "NPLatentEncoder",
     "NPModules",
+    "SteerableModel",
+    "SteerablePolicy",
     "SteerableRewardModel",
     "encode_episodes",
     "find_lora_layers",

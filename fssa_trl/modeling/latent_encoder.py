@@ -105,7 +105,13 @@ class NPLatentEncoder(nn.Module):
         """Set representation `(B, hidden_dim)` of `(B, C, D)` pair embeddings with a `(B, C)` boolean mask."""
         pairs = self.pair_encoder(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
         mask = mask.to(torch.bool)
-        if self.attention is not None and pairs.shape[1] > 0:
+        if self.attention is not None:
+            if pairs.shape[1] == 0:
+                # Attention runs even when every set of the batch is empty (on one masked slot, dropped below), still
+                # connected to pair_encoder: under DeepSpeed ZeRO-3 all processes must call the same modules and give
+                # every parameter a gradient, or their parameter gathers and gradient reductions mismatch.
+                pairs = torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)
+                mask = mask.new_zeros(mask.shape[0], 1)
             # A fully masked row would make attention return NaN: let empty sets attend to themselves, then drop them.
             key_padding = ~mask
             key_padding[~mask.any(dim=1)] = False

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
+from ..data.embeddings import TextEmbedder
 from .embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel
 from .hypernetwork import LoRAModulator
-from .np_modules import NPModules, load_fssa_config, load_np_state_dict
-
-Context = Sequence[dict[str, Any]] | None
+from .np_modules import load_fssa_config, load_np_state_dict
+from .steerable import Context, SteerableModel, load_lora_np_model
 
 
 def reward_input_ids(tokenizer, prompt, response) -> list[int]:
@@ -30,7 +29,7 @@ def reward_input_ids(tokenizer, prompt, response) -> list[int]:
     return tokenizer(text=text)["input_ids"]
 
 
-class SteerableRewardModel(nn.Module):
+class SteerableRewardModel(SteerableModel):
     r"""A few-shot steerable reward model: `score(prompts, responses, context=ctx)` gives one user's rewards, where
     `ctx` is a list of that user's choices `{"prompt", "chosen", "rejected"}` (no gradient step involved).
 
@@ -57,23 +56,12 @@ class SteerableRewardModel(nn.Module):
         embedder: TextEmbedder | None = None,
         modulator: LoRAModulator | None = None,
     ):
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.fssa_config = fssa_config
-        self.mode = fssa_config["mode"] if fssa_config else "plain"
-        self.embedder = embedder
-        self._store = ContextEmbeddingStore(embedder)
-        if self.mode == "lora" and modulator is None:
+        if fssa_config and fssa_config["mode"] == "lora" and modulator is None:
             from ..trainer.np_reward_trainer import reward_head_module
 
             head = reward_head_module(model) if fssa_config.get("condition_reward_head") else None
             modulator = LoRAModulator(model, fssa_config.get("adapter_name", "default"), head_module=head)
-        self.modulator = modulator
-
-    @property
-    def np_modules(self) -> NPModules | None:
-        return getattr(self.model, "fssa_np", None)
+        super().__init__(model, tokenizer, fssa_config, embedder, modulator)
 
     @classmethod
     def from_pretrained(
@@ -106,75 +94,14 @@ class SteerableRewardModel(nn.Module):
                 tokenizer = AutoTokenizer.from_pretrained(path)
                 embedder = TextEmbedder.from_pretrained(source["name_or_path"], tokenizer=tokenizer, **embed_kwargs)
         else:
-            from peft import PeftConfig, PeftModel
-
-            base_name = base_model_name_or_path or PeftConfig.from_pretrained(path).base_model_name_or_path
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            base = AutoModelForSequenceClassification.from_pretrained(base_name, num_labels=1, dtype=dtype)
-            base.config.get_text_config().pad_token_id = tokenizer.pad_token_id
-            model = PeftModel.from_pretrained(base, path)
-            modules = NPModules(**config["np_modules"])
-            modules.load_state_dict(load_np_state_dict(path))
-            model.fssa_np = modules.to(base.dtype)
-            embedder = None
-            if source["source"] == "base":
-                embedder = TextEmbedder(model, tokenizer, **embed_kwargs)
-            elif source["source"] != "precomputed":
-                embedder = TextEmbedder.from_pretrained(source["name_or_path"], **embed_kwargs)
+            model, tokenizer, embedder = load_lora_np_model(
+                path, AutoModelForSequenceClassification, config, base_model_name_or_path, dtype, num_labels=1
+            )
         if device is not None:
             model.to(device)
             if embedder is not None and embedder.model is not model:
                 embedder.model.to(device)
         return cls(model.eval(), tokenizer, config, embedder)
-
-    # ---------------------------------------------------------------------------------------------- embeddings
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def embed_pairs(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
-        """`(N, D)` embeddings e(prompt, response), each distinct text embedded once per model instance."""
-        if self.embedder is None:
-            raise ValueError(
-                "This model was trained on precomputed embeddings: give context pairs as dicts with "
-                "'chosen_embedding' and 'rejected_embedding' vectors."
-            )
-        texts = [pair_text(p, r, self.tokenizer) for p, r in zip(prompts, responses, strict=True)]
-        indices = self._store.add_texts(texts)
-        return self._store.table[indices]
-
-    def _context_tensors(self, context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dim = self.np_modules.encoder.embedding_dim
-        if not context:
-            empty = torch.zeros(1, 0, dim)
-            return empty, empty.clone(), torch.zeros(1, 0, dtype=torch.bool)
-        for i, pair in enumerate(context):
-            if not isinstance(pair, dict) or not (
-                {"chosen", "rejected"} <= set(pair) or {"chosen_embedding", "rejected_embedding"} <= set(pair)
-            ):
-                raise ValueError(
-                    f"context[{i}] must be a dict with 'chosen' and 'rejected' (and optionally 'prompt'), or with "
-                    f"'chosen_embedding' and 'rejected_embedding'; got {pair!r}."
-                )
-        if "chosen_embedding" in context[0]:
-            chosen = torch.tensor([p["chosen_embedding"] for p in context], dtype=torch.float32)
-            rejected = torch.tensor([p["rejected_embedding"] for p in context], dtype=torch.float32)
-        else:
-            prompts = [p.get("prompt", "") for p in context]
-            chosen = self.embed_pairs(prompts, [p["chosen"] for p in context])
-            rejected = self.embed_pairs(prompts, [p["rejected"] for p in context])
-        if chosen.shape[-1] != dim:
-            raise ValueError(f"Context embeddings have dimension {chosen.shape[-1]}, the encoder expects {dim}.")
-        return chosen.unsqueeze(0), rejected.unsqueeze(0), torch.ones(1, len(context), dtype=torch.bool)
-
-    @torch.no_grad()
-    def latent(self, context: Context = None) -> torch.Tensor:
-        """The user latent z `(latent_dim,)` inferred from `context` (the population prior for `[]` or `None`)."""
-        if self.np_modules is None:
-            raise ValueError("A plain reward model has no latent.")
-        encoder = self.np_modules.encoder
-        param = next(encoder.parameters())
-        chosen, rejected, mask = (t.to(param.device) for t in self._context_tensors(context))
-        return encoder(chosen.to(param.dtype), rejected.to(param.dtype), mask).mean[0]
 
     # --------------------------------------------------------------------------------------------------- scoring
     @torch.no_grad()

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
 from ..data.episodes import build_eval_episodes, build_train_episodes, group_rows_by_user, log_skipped
-from ..modeling.np_modules import NP_PREFIX, FSSA_WEIGHTS_NAME, load_np_state_dict, save_np_modules
+from ..modeling.np_modules import FSSA_WEIGHTS_NAME, NP_PREFIX, load_np_state_dict, save_np_modules
 
 logger = logging.getLogger(__name__)
 

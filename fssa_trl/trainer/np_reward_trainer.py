@@ -10,33 +10,22 @@ from datasets import Dataset
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from trl import RewardTrainer
-from peft import PeftModel
 
-from .. import __version__
-from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
-from ..modeling.embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel, encode_episodes
-from ..modeling.hypernetwork import LoRAModulator, Modulation
-from ..modeling.np_modules import NPModules
+from ..modeling.embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel
 from ..modeling.reward_head import preference_log_likelihood
 from .np_common import (
-    EPISODE_COLUMNS,
-    TEXT_KEY_COLUMNS,
-    add_text_keys,
     build_store,
-    check_preference_dataset,
     embedding_dim,
     encoder_kwargs,
     load_np_into,
     log_unseen_accuracy,
     make_embedder,
     save_np,
-    to_episode_dataset,
 )
+from .np_mixin import NPTrainerMixin
 from .np_reward_config import NPRewardConfig
 
 logger = logging.getLogger(__name__)
-
-TOKEN_COLUMNS = ("chosen_ids", "rejected_ids", "margin")
 
 
 def placeholder_tokenizer():
@@ -57,7 +46,7 @@ def reward_head_module(model: nn.Module) -> nn.Module:
     raise ValueError("`condition_reward_head=True` needs a sequence-classification model with a `score` head.")
 
 
-class NPRewardTrainer(RewardTrainer):
+class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
     r"""Few-shot steerable reward model trainer (NP-BTL of
     [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998)), a [`~trl.RewardTrainer`].
 
@@ -100,6 +89,8 @@ class NPRewardTrainer(RewardTrainer):
 
     _tag_names = ["trl", "reward-trainer", "fssa-trl", "np-btl"]
     _name = "NP-BTL Reward"
+    _np_kind = "reward"
+    _np_token_columns = ("chosen_ids", "rejected_ids", "margin")
 
     def __init__(
         self,
@@ -121,35 +112,11 @@ class NPRewardTrainer(RewardTrainer):
             args = NPRewardConfig(output_dir="np-reward-model")
         elif not isinstance(args, NPRewardConfig):
             raise TypeError(f"`args` must be an `NPRewardConfig`, got {type(args).__name__}.")
-        if train_dataset is None:
-            raise ValueError("`train_dataset` is required")
-        # Validate every dataset before any model is loaded or text embedded.
-        check_preference_dataset(train_dataset, args, "train")
-        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
-        for name, dataset in eval_sets.items():
-            if dataset is not None:
-                check_preference_dataset(dataset, args, name)
-
-        self._np_ready = False  # datasets become episodes once the NP modules and the embedder exist
-        self._store = None
-        self._modulator = None
+        self._np_check_datasets(args, train_dataset, eval_dataset)
         if args.frozen_backbone:
             if peft_config is not None:
                 raise ValueError("`frozen_backbone=True` trains only the NP modules: drop `peft_config`.")
-            embedder, processing_class = self._frozen_backbone_embedder(model, args, processing_class)
-            self._store = build_store(args, embedder)
-            dim = embedding_dim(self._store, embedder, train_dataset)
-            decoder = dict(
-                embedding_dim=dim,
-                latent_dim=args.latent_dim,
-                hidden_dim=args.decoder_hidden_dim,
-                num_layers=args.decoder_num_layers,
-                head=args.reward_head,
-            )
-            np_kwargs = {"encoder": encoder_kwargs(args, dim), "decoder": decoder}
-            model = NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=np_kwargs))
-            args.gradient_checkpointing = False  # no backbone runs during training: nothing to checkpoint
-            args.activation_checkpointing = False  # its name since transformers 5.24 (the one Trainer.train reads)
+            model, processing_class = self._frozen_backbone_model(model, args, processing_class, train_dataset)
 
         super().__init__(
             model=model,
@@ -167,23 +134,32 @@ class NPRewardTrainer(RewardTrainer):
             peft_config=peft_config,
         )
         if not args.frozen_backbone:
-            self._attach_np_modules(train_dataset)
-        self._np_ready = True
-        self.train_dataset = self._prepare_dataset(self.train_dataset, self.processing_class, args, "train")
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {
-                k: self._prepare_dataset(v, self.processing_class, args, k) for k, v in self.eval_dataset.items()
-            }
-        elif self.eval_dataset is not None:
-            self.eval_dataset = self._prepare_dataset(self.eval_dataset, self.processing_class, args, "eval")
-        if not isinstance(self.data_collator, DataCollatorForContextSets):
-            self.data_collator = DataCollatorForContextSets(
-                embeddings=lambda: self._store.table,
-                target_collator=None if args.frozen_backbone else self.data_collator,
-                include_target_embeddings=args.frozen_backbone or args.latent_type == "gaussian",
-            )
+            head = reward_head_module(self.model) if args.condition_reward_head else None
+            self._np_attach_lora_modules(train_dataset, head=head)
+        self._np_finish_init(
+            target_collator_needed=not args.frozen_backbone,
+            include_target_embeddings=args.frozen_backbone or args.latent_type == "gaussian",
+        )
 
-    # ----------------------------------------------------------------------------------------------- construction
+    # ------------------------------------------------------------------------------------------------ construction
+    def _frozen_backbone_model(self, model, args: NPRewardConfig, processing_class, train_dataset):
+        """The fast path: the frozen embedder (kept in the embedding store) and the NP reward model to train."""
+        embedder, processing_class = self._frozen_backbone_embedder(model, args, processing_class)
+        args.model_init_kwargs = None  # consumed by the embedder; the trained model is built here
+        self._store = build_store(args, embedder)
+        dim = embedding_dim(self._store, embedder, train_dataset)
+        decoder = dict(
+            embedding_dim=dim,
+            latent_dim=args.latent_dim,
+            hidden_dim=args.decoder_hidden_dim,
+            num_layers=args.decoder_num_layers,
+            head=args.reward_head,
+        )
+        np_kwargs = {"encoder": encoder_kwargs(args, dim), "decoder": decoder}
+        # No backbone runs during training: nothing to checkpoint (`gradient_checkpointing` mirrors the new name).
+        args.activation_checkpointing = args.gradient_checkpointing = False
+        return NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=np_kwargs)), processing_class
+
     @staticmethod
     def _frozen_backbone_embedder(model, args: NPRewardConfig, processing_class):
         """The frozen embedder and tokenizer of the fast path."""
@@ -201,7 +177,8 @@ class NPRewardTrainer(RewardTrainer):
                 )
             if isinstance(model, str):
                 name = model
-                kwargs = {k: v for k, v in (args.model_init_kwargs or {}).items() if k not in ("num_labels",)}
+                kwargs = {k: v for k, v in (args.model_init_kwargs or {}).items() if v is not None}
+                kwargs.pop("num_labels", None)
                 model = AutoModel.from_pretrained(model, **kwargs)
             else:
                 name = model.config._name_or_path
@@ -219,71 +196,19 @@ class NPRewardTrainer(RewardTrainer):
         embedder.model.to(args.device)
         return embedder, processing_class or embedder.tokenizer
 
-    def _attach_np_modules(self, train_dataset: Dataset) -> None:
-        """Attach the latent encoder and the LoRA hypernetwork to the PEFT model, before the optimizer exists."""
-        args = self.args
-        if not isinstance(self.model, PeftModel):
-            raise ValueError(
-                "NPRewardTrainer modulates LoRA adapters: pass `peft_config=LoraConfig(task_type='SEQ_CLS', ...)` or a "
-                "PeftModel, or set `frozen_backbone=True` to train on frozen embeddings."
-            )
-        kwargs = (args.gradient_checkpointing_kwargs or {}) if args.gradient_checkpointing else {}
-        if kwargs.get("use_reentrant"):
-            raise ValueError(
-                "Reentrant gradient checkpointing does not propagate gradients to the hypernetwork, whose gates enter "
-                "the checkpointed layers from outside. Set `gradient_checkpointing_kwargs={'use_reentrant': False}` "
-                "or `gradient_checkpointing=False` (TRL forces `use_reentrant=True` under DeepSpeed ZeRO-3 with PEFT)."
-            )
-        head = reward_head_module(self.model) if args.condition_reward_head else None
-        self._modulator = LoRAModulator(self.model, "default", head_module=head)
-        self._store = build_store(args, make_embedder(args, self.model, self.processing_class))
-        dim = embedding_dim(self._store, self._store.embedder, train_dataset)
-        hidden = self.model.config.get_text_config().hidden_size if head is not None else None
-        hypernetwork = dict(
-            latent_dim=args.latent_dim,
-            num_layers=self._modulator.num_layers,
-            rank=self._modulator.rank,
-            hidden_dim=args.hypernetwork_hidden_dim,
-            head_dim=hidden,
-        )
-        modules = NPModules(encoder=encoder_kwargs(args, dim), hypernetwork=hypernetwork)
-        self.model.fssa_np = modules.to(args.device)
-
     # ----------------------------------------------------------------------------------------------------- data
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        if "target_in_context" in dataset.column_names:
+    def _np_tokenize(self, dataset, processing_class, args, dataset_name):
+        if args.frozen_backbone:  # nothing to tokenize: targets are scored from their cached embeddings
             return dataset
-        prepared = "chosen_ids" in dataset.column_names or TEXT_KEY_COLUMNS[0] in dataset.column_names
-        if not prepared:  # raw data: check it and keep the texts to embed
-            check_preference_dataset(dataset, args, dataset_name)
-            if args.context_embedding != "precomputed":
-                dataset = add_text_keys(dataset, processing_class)
-            if not args.frozen_backbone:
-                dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        if not self._np_ready:
-            return dataset
-        return to_episode_dataset(dataset, self._store, args, dataset_name, TOKEN_COLUMNS)
-
-    def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None:
-            self._signature_columns = [*TOKEN_COLUMNS, *EPISODE_COLUMNS]
+        return super()._np_tokenize(dataset, processing_class, args, dataset_name)
 
     # ----------------------------------------------------------------------------------------------------- loss
-    @property
-    def np_modules(self) -> NPModules:
-        return self.model.fssa_np
-
     def _rewards(self, model, inputs: dict[str, Any], batch: dict[str, torch.Tensor]):
         """Rewards of chosen and rejected targets `(N,)`, their variances (DPL) and the KL term."""
         if self.args.frozen_backbone:
             outputs = model(**batch)
             return outputs, outputs.chosen, outputs.rejected, outputs.chosen_var, outputs.rejected_var, outputs.kl
-        latents = encode_episodes(self.np_modules, batch, self.model.training)
-        modulation = self.np_modules.hypernetwork(latents.z_rows)  # (N, ...) one row per target pair
-        heads = None if modulation.head is None else torch.cat([modulation.head, modulation.head])
-        # Rows of the batch are [chosen targets; rejected targets]. The modulation stays set through backward(), so
-        # the gradient-checkpointing recompute sees it too; training_step clears it afterwards.
-        self._modulator.set(Modulation(torch.cat([modulation.gates, modulation.gates]), heads))
+        latents = self._np_modulate(batch)
         inputs["use_cache"] = False
         outputs = model(**inputs)
         chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
@@ -291,7 +216,7 @@ class NPRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        batch = {key: inputs.pop(key) for key in CONTEXT_KEYS if key in inputs}
+        batch = self._np_pop_context(inputs)
         margin = inputs.pop("margin", None)
         outputs, chosen, rejected, chosen_var, rejected_var, kl = self._rewards(model, inputs, batch)
         loss = -preference_log_likelihood(chosen, rejected, chosen_var, rejected_var, margin).mean()
@@ -318,54 +243,30 @@ class NPRewardTrainer(RewardTrainer):
             log_unseen_accuracy(self, mode, correct, batch)
         return (loss, outputs) if return_outputs else loss
 
-    def training_step(self, *args, **kwargs):
-        try:
-            return super().training_step(*args, **kwargs)
-        finally:
-            if self._modulator is not None:
-                self._modulator.clear()
-
-    def prediction_step(self, *args, **kwargs):
-        try:
-            return super().prediction_step(*args, **kwargs)
-        finally:
-            if self._modulator is not None:
-                self._modulator.clear()
-
     # ------------------------------------------------------------------------------------------ save and restore
     def fssa_config(self) -> dict[str, Any]:
-        """What [`SteerableRewardModel.from_pretrained`] needs besides the weights (written to fssa_config.json)."""
-        args = self.args
-        embedder = self._store.embedder
-        return {
-            "fssa_trl_version": __version__,
-            "kind": "reward",
-            "mode": "embedding" if args.frozen_backbone else "lora",
-            "context_embedding": {
-                "source": args.context_embedding,
-                "name_or_path": None if embedder is None else str(embedder.name),
-                "pooling": args.context_embedding_pooling,
-                "max_length": args.context_max_length,
-            },
-            "condition_reward_head": args.condition_reward_head,
-            "reward_head": args.reward_head,
-            "adapter_name": "default",
-        }
+        config = super().fssa_config()
+        config.update(
+            mode="embedding" if self.args.frozen_backbone else "lora",
+            condition_reward_head=self.args.condition_reward_head,
+            reward_head=self.args.reward_head,
+        )
+        return config
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.frozen_backbone:
-            super()._save(output_dir, state_dict=state_dict)  # PEFT adapter, tokenizer, training args
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        save_np(output_dir, self.model, state_dict, self.fssa_config())
-        if self.args.frozen_backbone and self._store.embedder is not None:
-            self.processing_class.save_pretrained(output_dir)
+            return super()._save(output_dir, state_dict)
+        # Frozen backbone: the NP modules are the whole trained model; the backbone is referenced by name.
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            save_np(output_dir, self.model, state_dict, self.fssa_config())
+            if self._store.embedder is not None:
+                self.processing_class.save_pretrained(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if not self.args.frozen_backbone:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_np_into(self.model, resume_from_checkpoint)
 
     def steerable_model(self):

@@ -36,6 +36,14 @@ class TinyArguments:
     pairs_per_user: int = field(default=32, metadata={"help": "Preference pairs of each of the two users."})
     eval_pairs_per_user: int = field(default=12, metadata={"help": "Evaluation pairs per user (0: no eval)."})
     lora_r: int = field(default=4, metadata={"help": "LoRA rank."})
+    zero3_param_persistence_threshold: int | None = field(
+        default=None,
+        metadata={
+            "help": "DeepSpeed `stage3_param_persistence_threshold`: ZeRO-3 never partitions parameters with at most "
+            "this many elements. DeepSpeed's default (1e5) keeps every parameter of the tiny model whole on every "
+            "process, so set 0 to really partition them."
+        },
+    )
 
 
 def make_parser() -> TrlParser:
@@ -75,6 +83,11 @@ def main() -> None:
         base_model.save_pretrained(base_path)
     PartialState().wait_for_everyone()  # the state was set up by the training arguments
     del base_model
+
+    threshold = script_args.zero3_param_persistence_threshold
+    if threshold is not None and training_args.deepspeed_plugin is not None:  # the accelerate config has no such key
+        zero_config = training_args.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        zero_config["stage3_param_persistence_threshold"] = threshold
 
     eval_pairs = script_args.eval_pairs_per_user
     trainer = NPRewardTrainer(

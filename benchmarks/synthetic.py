@@ -1,0 +1,235 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""The synthetic experiment of [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998) (its first
+table), run through `NPRewardTrainer` on the frozen-embedding fast path.
+
+Task. An option is a number y ~ U(0, 1), used as its own 1-d "embedding" (`chosen_embedding=[y_chosen]`). A pair
+holds two options; the user picks the one with the larger reward, where the reward depends on the user's type z:
+
+    z = 0: r(y) = y if y < 0.5 else 2y        (always prefers the larger y)
+    z = 1: r(y) = y if y < 0.5 else 1 - y     (prefers y close to 0.5)
+
+The two types disagree on half of all pairs, so no single (context-free) reward model can exceed 75% accuracy in
+expectation. N = 20000 pairs, split 80/10/10 (train / validation / test).
+
+Users. The paper's "user" is anyone whose choices share one z, so the two types are the two users here:
+`user_id` is `"z=0"` or `"z=1"`, drawn uniformly per pair. A training episode is `num_targets` pairs of one type
+with a random context subset of them; an evaluation episode scores 16 unseen pairs of one type under the latent of
+C other pairs of that type (`evaluate_few_shot`, contexts disjoint from targets). This is the paper's setting: every
+context set it draws comes from a single z.
+
+Methods, all `NPRewardTrainer(model=None, args=NPRewardConfig(frozen_backbone=True,
+context_embedding="precomputed", ...))`:
+
+- NP-BTL: the conditional neural process, trained with context sizes 0..`max_context`.
+- BTL: the same classes with `max_context=0` and `latent_dim=0`: the decoder is MLP(e(y)) and never sees a
+  context, i.e. one Bradley-Terry reward model for everyone.
+- DPL: as BTL with `reward_head="dpl"` (mean-and-variance head, p(a > b) = Phi((mu_a - mu_b) / sqrt(s_a^2 + s_b^2))).
+
+Run (about N minutes on 2 CPU cores)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/synthetic.py
+    HF_HUB_OFFLINE=1 python benchmarks/synthetic.py --seeds 0 1   # run-to-run variation
+
+It prints a table like the paper's and writes `benchmarks/results/synthetic.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset, DatasetDict  # noqa: E402
+
+from fssa_trl import FewShotResults, NPRewardConfig, NPRewardTrainer, evaluate_few_shot  # noqa: E402
+
+CONTEXT_SIZES = (0, 1, 3, 5, 10)
+METHODS = ("BTL", "DPL", "NP-BTL")
+# Accuracy (%) reported by the paper (method.md), by context size.
+PAPER = {
+    "BTL": {0: 76.4, 1: 76.4, 3: 76.4, 5: 76.4, 10: 76.4},
+    "DPL": {0: 76.3, 1: 76.3, 3: 76.3, 5: 76.3, 10: 76.3},
+    "NP-BTL": {0: 76.4, 1: 86.6, 3: 94.7, 5: 97.4, 10: 98.9},
+}
+# Training settings shared by the three methods (tuned on the validation split).
+TRAINING = dict(
+    num_train_epochs=8,
+    learning_rate=1e-3,
+    per_device_train_batch_size=8,
+    num_targets=20,
+    episode_passes=2,
+    encoder_hidden_dim=64,
+    decoder_hidden_dim=64,
+    decoder_num_layers=3,
+    aggregation="mean",
+)
+NP_LATENT_DIM = 8
+# Unseen targets scored per context draw in evaluation. Every test pair is scored once per context size whatever this
+# is; fewer targets per draw means more independent context draws, hence less noise (the accuracy at C = 1 hinges on
+# whether the one context pair is informative, a coin flip per draw).
+EVAL_NUM_TARGETS = 1
+
+
+def synthetic_reward(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Reward of options `y` for users of type `z` (0 or 1), elementwise."""
+    high = np.where(z == 0, 2 * y, 1 - y)
+    return np.where(y < 0.5, y, high)
+
+
+def synthetic_preferences(num_pairs: int = 20000, seed: int = 0, split: Sequence[float] = (0.8, 0.1, 0.1)):
+    """The synthetic preference data: a `DatasetDict` with `train`, `validation` and `test` splits of columns
+    `user_id` (`"z=0"` / `"z=1"`), `chosen_embedding` and `rejected_embedding` (`[y]`, 1-d float lists)."""
+    rng = np.random.default_rng(seed)
+    options = rng.uniform(0.0, 1.0, size=(num_pairs, 2))
+    z = rng.integers(0, 2, size=num_pairs)
+    rewards = synthetic_reward(options, z[:, None])
+    first_wins = rewards[:, 0] > rewards[:, 1]
+    chosen = np.where(first_wins, options[:, 0], options[:, 1])
+    rejected = np.where(first_wins, options[:, 1], options[:, 0])
+    data = Dataset.from_dict(
+        {
+            "user_id": [f"z={t}" for t in z],
+            "chosen_embedding": chosen[:, None].tolist(),
+            "rejected_embedding": rejected[:, None].tolist(),
+        }
+    )
+    num_train, num_validation = int(split[0] * num_pairs), int(split[1] * num_pairs)
+    return DatasetDict(
+        train=data.select(range(num_train)),
+        validation=data.select(range(num_train, num_train + num_validation)),
+        test=data.select(range(num_train + num_validation, num_pairs)),
+    )
+
+
+def synthetic_config(method: str, output_dir: str, seed: int = 0, **overrides) -> NPRewardConfig:
+    """The `NPRewardConfig` of one method (`"NP-BTL"`, `"BTL"` or `"DPL"`); `overrides` replace any field."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    context_free = method != "NP-BTL"
+    kwargs = dict(
+        output_dir=output_dir,
+        frozen_backbone=True,
+        context_embedding="precomputed",
+        reward_head="dpl" if method == "DPL" else "btl",
+        max_context=0 if context_free else 10,
+        latent_dim=0 if context_free else NP_LATENT_DIM,
+        eval_context_sizes=list(CONTEXT_SIZES),
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **TRAINING,
+    )
+    kwargs.update(overrides)
+    return NPRewardConfig(**kwargs)
+
+
+def train_and_evaluate(
+    method: str,
+    data: DatasetDict,
+    eval_split: str = "test",
+    seed: int = 0,
+    eval_num_targets: int = EVAL_NUM_TARGETS,
+    **overrides,
+) -> tuple[FewShotResults, float]:
+    """Train one method on `data["train"]` and evaluate it few-shot on `data[eval_split]`; returns the results and
+    the training time in seconds."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = synthetic_config(method, output_dir, seed=seed, **overrides)
+        trainer = NPRewardTrainer(model=None, args=args, train_dataset=data["train"])
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        results = evaluate_few_shot(
+            trainer,
+            data[eval_split],
+            context_sizes=CONTEXT_SIZES,
+            num_targets=eval_num_targets,
+            name=method,
+            seed=seed,
+        )
+    return results, seconds
+
+
+def format_table(accuracy: dict[str, dict[int, list[float]]]) -> str:
+    """Markdown table: our mean accuracy (and min-max over seeds when there are several) beside the paper's."""
+    header = "| context pairs | " + " | ".join(f"{m} (ours) | {m} (paper)" for m in METHODS) + " |"
+    lines = [header, "|---" * (1 + 2 * len(METHODS)) + "|"]
+    for size in CONTEXT_SIZES:
+        cells = []
+        for method in METHODS:
+            values = accuracy[method][size]
+            cell = f"{np.mean(values):.1f}"
+            if len(values) > 1:
+                cell += f" ({min(values):.1f}-{max(values):.1f})"
+            cells += [cell, f"{PAPER[method][size]:.1f}"]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Seeds (data, init and episodes).")
+    parser.add_argument("--num-pairs", type=int, default=20000, help="Pairs before the 80/10/10 split.")
+    parser.add_argument("--eval-split", default="test", choices=["validation", "test"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "synthetic.json"))
+    cli = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # tiny MLPs: one thread is ~20x faster than two on a busy 2-core machine
+
+    start = time.perf_counter()
+    accuracy = {m: {c: [] for c in CONTEXT_SIZES} for m in METHODS}
+    runs = []
+    for seed in cli.seeds:
+        data = synthetic_preferences(cli.num_pairs, seed=seed)
+        for method in cli.methods:
+            results, seconds = train_and_evaluate(method, data, cli.eval_split, seed=seed)
+            print(results, f"\n(train {seconds:.0f} s)\n", flush=True)
+            for size in CONTEXT_SIZES:
+                accuracy[method][size].append(100 * results.accuracy(size))
+            runs.append({"seed": seed, "method": method, "train_seconds": seconds, **results.to_dict()})
+    table = format_table({m: v for m, v in accuracy.items() if m in cli.methods} | {
+        m: {c: [float("nan")] for c in CONTEXT_SIZES} for m in METHODS if m not in cli.methods
+    })
+    total = time.perf_counter() - start
+    print(f"Accuracy (%) on unseen {cli.eval_split} pairs, seeds {cli.seeds}:\n{table}\n(total {total:.0f} s)")
+
+    report = {
+        "task": "synthetic (paper Table, NP-BTL vs BTL vs DPL)",
+        "num_pairs": cli.num_pairs,
+        "eval_split": cli.eval_split,
+        "seeds": cli.seeds,
+        "context_sizes": list(CONTEXT_SIZES),
+        "training": TRAINING,
+        "np_latent_dim": NP_LATENT_DIM,
+        "accuracy": {m: {str(c): v for c, v in sizes.items()} for m, sizes in accuracy.items()},
+        "paper": {m: {str(c): v for c, v in sizes.items()} for m, sizes in PAPER.items()},
+        "table": table,
+        "total_seconds": total,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "runs": runs,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(cli.output)), exist_ok=True)
+    with open(cli.output, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

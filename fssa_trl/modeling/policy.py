@@ -1,0 +1,172 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""Inference-time steerable policy: generate for one user from a handful of that user's choices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .np_modules import load_fssa_config
+from .steerable import Context, SteerableModel, load_lora_np_model
+
+
+class SteerablePolicy(SteerableModel):
+    r"""A few-shot steerable policy trained by [`NPDPOTrainer`]: `generate(prompts, context=ctx)` generates for the
+    user whose choices `ctx` (a list of `{"prompt", "chosen", "rejected"}` dicts) are given; `context=[]` or `None`
+    is an unknown user (the population prior). `latent(ctx)` returns that user's z, and `generate(prompts,
+    latent=z)` generates at any z, e.g. between two users (the paper's continuum of behavioural modes).
+
+    Example:
+
+    ```python
+    >>> from fssa_trl import SteerablePolicy
+    >>> policy = SteerablePolicy.from_pretrained("np-dpo")
+    >>> z_a, z_b = policy.latent(context_a), policy.latent(context_b)
+    >>> policy.generate(["Tell me about Paris."], context=context_a, max_new_tokens=64)
+    >>> policy.generate(["Tell me about Paris."], latent=0.5 * (z_a + z_b), do_sample=True, num_return_sequences=4)
+    ```
+    """
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        base_model_name_or_path: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> SteerablePolicy:
+        """Load a policy saved by [`NPDPOTrainer`] (base model, PEFT adapter, `fssa_np.safetensors`,
+        `fssa_config.json`). Only safetensors and JSON files are read."""
+        from transformers import AutoModelForCausalLM
+
+        config = load_fssa_config(path)
+        if config.get("kind") != "policy":
+            raise ValueError(f"{path!r} holds a {config.get('kind')!r} model; load it with SteerableRewardModel.")
+        model, tokenizer, embedder = load_lora_np_model(
+            path, AutoModelForCausalLM, config, base_model_name_or_path, dtype
+        )
+        if device is not None:
+            model.to(device)
+        from .hypernetwork import LoRAModulator
+
+        return cls(model.eval(), tokenizer, config, embedder, LoRAModulator(model, config["adapter_name"]))
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _modulation(self, latent: torch.Tensor | None):
+        """The modulation for `latent` `(latent_dim,)` (one user) or `(B, latent_dim)` (one per prompt)."""
+        if latent is None:
+            return None
+        param = next(self.np_modules.hypernetwork.parameters())
+        latent = latent.to(param.device, param.dtype)
+        return self.np_modules.hypernetwork(latent.view(-1, latent.shape[-1]))
+
+    def _prompt_texts(self, prompts: Sequence) -> list[str]:
+        texts = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                texts.append(prompt)
+            else:  # conversational
+                texts.append(self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+        return texts
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence,
+        context: Context = None,
+        latent: torch.Tensor | None = None,
+        skip_special_tokens: bool = True,
+        **generate_kwargs: Any,
+    ) -> list[str]:
+        """Generate completions of `prompts` for the user described by `context` (or at `latent`).
+
+        `generate_kwargs` go to `transformers`' `generate` (sampling, beam search, `num_return_sequences`, ...).
+        Returns the decoded new text, `len(prompts) * num_return_sequences` strings, grouped by prompt.
+        """
+        if latent is None:
+            latent = self.latent(context)
+        tokenizer = self.tokenizer
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            encoded = tokenizer(self._prompt_texts(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tokenizer.padding_side = side
+        encoded = {k: v.to(self._device()) for k, v in encoded.items()}
+        generate_kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        with self.modulator.apply(self._modulation(latent)):
+            output = self.model.generate(**encoded, **generate_kwargs)
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=skip_special_tokens)
+
+    def _completion_batch(self, prompts: Sequence, completions: Sequence):
+        """Right-padded `[prompt + completion + eos]` ids with a completion mask, tokenized as TRL's DPOTrainer does."""
+        rows, masks = [], []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            prompt_text = self._prompt_texts([prompt])[0]
+            if isinstance(completion, str):
+                full = prompt_text + completion
+                if self.tokenizer.eos_token and not full.endswith(self.tokenizer.eos_token):
+                    full += self.tokenizer.eos_token
+            else:
+                full = self.tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+            prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
+            start = 0
+            while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+                start += 1
+            rows.append(ids)
+            masks.append([0] * start + [1] * (len(ids) - start))
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
+        attention = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+        completion = torch.tensor([m + [0] * (length - len(m)) for m in masks])
+        return input_ids, attention, completion
+
+    def _sequence_log_probs(self, input_ids, attention, completion) -> torch.Tensor:
+        device = self._device()
+        logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits[:, :-1]
+        token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:, None].to(device))[..., 0]
+        return (token_logps * completion[:, 1:].to(device)).sum(dim=1).cpu()
+
+    @torch.no_grad()
+    def log_probs(
+        self, prompts: Sequence, completions: Sequence, context: Context = None, latent=None, batch_size: int = 8
+    ) -> torch.Tensor:
+        """Sum of log pi(completion | prompt, z) over the completion tokens, `(N,)`; no context and no latent gives the
+        population prior's policy."""
+        if latent is None:
+            latent = self.latent(context)
+        return self._batched(prompts, completions, self._modulation(latent), batch_size)
+
+    def _batched(self, prompts, completions, modulation, batch_size) -> torch.Tensor:
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            batch = self._completion_batch(prompts[start : start + batch_size], completions[start : start + batch_size])
+            if modulation is None:  # the reference: base model, adapters (and so modulation) off
+                with self.model.disable_adapter():
+                    out.append(self._sequence_log_probs(*batch))
+            else:
+                with self.modulator.apply(modulation):
+                    out.append(self._sequence_log_probs(*batch))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def score(
+        self, prompts: Sequence, responses: Sequence, context: Context = None, latent=None, batch_size: int = 8
+    ) -> torch.Tensor:
+        """DPO's implicit reward for the user: beta * (log pi(y | x, z) - log pi_ref(y | x)), `(N,)`.
+
+        This is what [`evaluate_few_shot`] compares between chosen and rejected responses.
+        """
+        if latent is None:
+            latent = self.latent(context)
+        prompts, responses = list(prompts), list(responses)
+        policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
+        reference = self._batched(prompts, responses, None, batch_size)
+        return self.fssa_config.get("beta", 1.0) * (policy - reference)
