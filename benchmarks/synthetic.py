@@ -204,9 +204,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for size in CONTEXT_SIZES:
                 accuracy[method][size].append(100 * results.accuracy(size))
             runs.append({"seed": seed, "method": method, "train_seconds": seconds, **results.to_dict()})
-    table = format_table({m: v for m, v in accuracy.items() if m in cli.methods} | {
-        m: {c: [float("nan")] for c in CONTEXT_SIZES} for m in METHODS if m not in cli.methods
-    })
+    table = format_table(
+        {m: v for m, v in accuracy.items() if m in cli.methods}
+        | {m: {c: [float("nan")] for c in CONTEXT_SIZES} for m in METHODS if m not in cli.methods}
+    )
     total = time.perf_counter() - start
     print(f"Accuracy (%) on unseen {cli.eval_split} pairs, seeds {cli.seeds}:\n{table}\n(total {total:.0f} s)")
 

@@ -107,7 +107,9 @@ def train_baseline(model_path, training_args, comparison, train_dataset, tokeniz
         args=args,
         train_dataset=train_dataset.remove_columns(training_args.user_column),
         processing_class=tokenizer,
-        peft_config=LoraConfig(task_type="SEQ_CLS", r=comparison.baseline_lora_r, lora_alpha=2 * comparison.baseline_lora_r),
+        peft_config=LoraConfig(
+            task_type="SEQ_CLS", r=comparison.baseline_lora_r, lora_alpha=2 * comparison.baseline_lora_r
+        ),
     )
     trainer.train()
     return SteerableRewardModel(trainer.model, trainer.processing_class)

@@ -185,7 +185,9 @@ def evaluate_few_shot(
     was_training = model.model.training
     model.model.eval()
     predictions: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for episode, (chosen, rejected) in zip(episodes, _target_rewards(model, dataset, episodes, batch_size), strict=True):
+    for episode, (chosen, rejected) in zip(
+        episodes, _target_rewards(model, dataset, episodes, batch_size), strict=True
+    ):
         predictions[(episode.user, len(episode.context_rows))] += (chosen <= rejected).int().tolist()
     model.model.train(was_training)
     metric = FewShotAccuracy()
@@ -195,4 +197,3 @@ def evaluate_few_shot(
         records.append({"user": user, "context_size": size, **result})
     records.sort(key=lambda r: (list(rows_by_user).index(r["user"]), r["context_size"]))
     return FewShotResults(records, name or type(model.model).__name__)
-

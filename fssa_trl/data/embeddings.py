@@ -68,7 +68,9 @@ class TextEmbedder:
         name (`str`, *optional*): identifies the embedder in cache keys (model name or path).
     """
 
-    def __init__(self, model, tokenizer, pooling: str = "mean", max_length: int = 256, batch_size: int = 32, name=None):
+    def __init__(
+        self, model, tokenizer, pooling: str = "mean", max_length: int = 256, batch_size: int = 32, name=None
+    ):
         if pooling not in POOLINGS:
             raise ValueError(f"`context_embedding_pooling` must be one of {POOLINGS}, got {pooling!r}.")
         self.model = model

@@ -61,10 +61,15 @@ def users_from_attributes(
      {'prompt': 'Q: ', 'chosen': 'short', 'rejected': 'long answer', 'user_id': 'honesty'}]
     ```
     """
-    missing = [c for c in [*attributes, *response_columns, *([prompt_column] if prompt_column else [])]
-               if c not in dataset.column_names]
+    missing = [
+        c
+        for c in [*attributes, *response_columns, *([prompt_column] if prompt_column else [])]
+        if c not in dataset.column_names
+    ]
     if missing:
-        raise ValueError(f"users_from_attributes: the dataset has no column(s) {missing} (has {dataset.column_names}).")
+        raise ValueError(
+            f"users_from_attributes: the dataset has no column(s) {missing} (has {dataset.column_names})."
+        )
     if len(attributes) < 1:
         raise ValueError("users_from_attributes: give at least one attribute column.")
     rows = {**({"prompt": []} if prompt_column else {}), "chosen": [], "rejected": [], user_column: []}

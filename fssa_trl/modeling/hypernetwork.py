@@ -62,7 +62,9 @@ class LoRAHypernetwork(nn.Module):
     ```
     """
 
-    def __init__(self, latent_dim: int, num_layers: int, rank: int, hidden_dim: int = 256, head_dim: int | None = None):
+    def __init__(
+        self, latent_dim: int, num_layers: int, rank: int, hidden_dim: int = 256, head_dim: int | None = None
+    ):
         super().__init__()
         self.num_layers = num_layers
         self.rank = rank
@@ -96,7 +98,9 @@ def find_lora_layers(model: nn.Module, adapter_name: str = "default") -> list[tu
                     "`target_modules` in your LoraConfig to linear projections (e.g. q_proj, v_proj)."
                 )
             if module.use_dora.get(adapter_name, False):
-                raise ValueError("DoRA adapters cannot be modulated rank-wise: set `use_dora=False` in the LoraConfig.")
+                raise ValueError(
+                    "DoRA adapters cannot be modulated rank-wise: set `use_dora=False` in the LoraConfig."
+                )
             layers.append((name, module))
     if not layers:
         raise ValueError(
@@ -138,7 +142,9 @@ class LoRAModulator:
     def rank(self) -> int:
         ranks = {layer.r[self.adapter_name] for _, layer in self.layers}
         if len(ranks) != 1:
-            raise ValueError(f"All LoRA layers must share one rank to be gated by the hypernetwork, got ranks {ranks}.")
+            raise ValueError(
+                f"All LoRA layers must share one rank to be gated by the hypernetwork, got ranks {ranks}."
+            )
         return ranks.pop()
 
     @staticmethod

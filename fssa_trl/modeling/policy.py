@@ -93,7 +93,9 @@ class SteerablePolicy(SteerableModel):
         side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         try:
-            encoded = tokenizer(self._prompt_texts(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = tokenizer(
+                self._prompt_texts(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+            )
         finally:
             tokenizer.padding_side = side
         encoded = {k: v.to(self._device()) for k, v in encoded.items()}
@@ -147,7 +149,9 @@ class SteerablePolicy(SteerableModel):
     def _batched(self, prompts, completions, modulation, batch_size) -> torch.Tensor:
         out = []
         for start in range(0, len(prompts), batch_size):
-            batch = self._completion_batch(prompts[start : start + batch_size], completions[start : start + batch_size])
+            batch = self._completion_batch(
+                prompts[start : start + batch_size], completions[start : start + batch_size]
+            )
             if modulation is None:  # the reference: base model, adapters (and so modulation) off
                 with self.model.disable_adapter():
                     out.append(self._sequence_log_probs(*batch))

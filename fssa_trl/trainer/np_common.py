@@ -87,7 +87,9 @@ def check_preference_dataset(dataset, args, dataset_name: str, needs_prompt: boo
                 f"vectors have lengths {sorted(lengths)}. Every embedding must come from one model, with one dimension."
             )
         # datasets >= 4 returns a lazy `Column` for `dataset[name]`, which has no `+`: concatenate as lists.
-        vectors = torch.tensor(list(dataset[EMBEDDING_COLUMNS[0]]) + list(dataset[EMBEDDING_COLUMNS[1]]), dtype=torch.float32)
+        vectors = torch.tensor(
+            list(dataset[EMBEDDING_COLUMNS[0]]) + list(dataset[EMBEDDING_COLUMNS[1]]), dtype=torch.float32
+        )
         if not torch.isfinite(vectors).all():
             row = int((~torch.isfinite(vectors)).any(-1).nonzero()[0]) % len(dataset)
             raise ValueError(
@@ -183,7 +185,9 @@ def build_store(args, embedder: TextEmbedder | None) -> ContextEmbeddingStore:
 def make_embedder(args, model: nn.Module | None, tokenizer) -> TextEmbedder | None:
     """The context embedder named by `args.context_embedding` ("base": the frozen base model itself)."""
     kwargs = dict(
-        pooling=args.context_embedding_pooling, max_length=args.context_max_length, batch_size=args.embedding_batch_size
+        pooling=args.context_embedding_pooling,
+        max_length=args.context_max_length,
+        batch_size=args.embedding_batch_size,
     )
     if args.context_embedding == "precomputed":
         return None

@@ -235,7 +235,9 @@ class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
             self._metrics[mode]["mean_reward"].append(rewards.mean().item())
             self._metrics[mode]["max_reward"].append(rewards.max().item())
             correct = chosen > rejected
-            self._metrics[mode]["accuracy"].append(self.accelerator.gather_for_metrics(correct.float().mean()).mean().item())
+            self._metrics[mode]["accuracy"].append(
+                self.accelerator.gather_for_metrics(correct.float().mean()).mean().item()
+            )
             margins = self.accelerator.gather_for_metrics((chosen - rejected).mean())
             self._metrics[mode]["margin"].append(margins.mean().item())
             if kl is not None:
