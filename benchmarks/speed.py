@@ -84,7 +84,7 @@ PRESETS = {
         "seq_len": 128,
         "pairs": 16,
         "bf16": False,
-        "steps": 16,
+        "steps": 32,
         "rounds": 8,
         "warmup": 1,
         "threads": 1,
@@ -150,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.clock == "auto":
         args.clock = "cpu" if args.device == "cpu" else "wall"
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1: the optimizer state, part of the static memory, exists after one step.")
     if args.pairs < args.context:
         parser.error(f"--pairs ({args.pairs}) must be >= --context ({args.context}): contexts are drawn from targets.")
     return args
@@ -274,10 +276,16 @@ class StepMeter(TrainerCallback):
             torch.cuda.reset_peak_memory_stats(self.device)
             self._allocated = torch.cuda.memory_allocated(self.device)
         if step >= self.warmup + self.timed:
-            self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            )
-            self._profiler.start()
+            try:
+                self._profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+                )
+                self._profiler.start()
+            except Exception as error:  # on CUDA the profiler only checks the method: never lose the run to it
+                if self.device.type != "cuda":
+                    raise
+                self._profiler = None
+                self.memory_check.append({"error": repr(error)})
         self._begin, self._begin_wall = self.clock(), time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -288,13 +296,17 @@ class StepMeter(TrainerCallback):
         if self.device.type == "cuda":
             cuda_peak = torch.cuda.max_memory_allocated(self.device) - self._allocated
         if self._profiler is not None:
-            self._profiler.stop()
-            profiled = profiled_peak(self._profiler, self.device)
-            self._profiler = None
+            profiler, self._profiler = self._profiler, None
             if cuda_peak is None:
-                self.step_peak.append(profiled)
-            else:  # the CPU method, checked against the allocator's own counter
-                self.memory_check.append({"profiler_bytes": profiled, "max_memory_allocated_bytes": cuda_peak})
+                profiler.stop()
+                self.step_peak.append(profiled_peak(profiler, self.device))
+            else:  # the CPU method, checked against the allocator's own counter on the same step
+                try:
+                    profiler.stop()
+                    check = {"profiler_bytes": profiled_peak(profiler, self.device)}
+                except Exception as error:
+                    check = {"error": repr(error)}
+                self.memory_check.append({**check, "max_memory_allocated_bytes": cuda_peak})
         elif self.warmup <= step < self.warmup + self.timed:
             self.step_ms.append(1000 * (end - self._begin))
             self.step_wall_ms.append(1000 * (end_wall - self._begin_wall))
@@ -471,6 +483,21 @@ def format_table(setting: str, clock: str, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memory_check_lines(results: dict[str, Any]) -> str:
+    """CUDA only: the CPU method (profiler events) beside `torch.cuda.max_memory_allocated` on the same steps."""
+    lines = []
+    for kind, r in results.items():
+        for check in r["memory_method_check"]:
+            if "profiler_bytes" in check:
+                lines.append(
+                    f"memory method check, {LABELS[kind]}: profiler {check['profiler_bytes'] / 2**20:.1f} MB, "
+                    f"max_memory_allocated {check['max_memory_allocated_bytes'] / 2**20:.1f} MB"
+                )
+            else:
+                lines.append(f"memory method check, {LABELS[kind]}: {check.get('error')}")
+    return "".join("\n" + line for line in lines)
+
+
 def machine_facts(device: torch.device) -> dict[str, Any]:
     import peft
     import transformers
@@ -530,7 +557,7 @@ def main(argv=None) -> dict[str, Any]:
         print(f"{setting}:", flush=True)
         results = run_setting(args, dataset, tokenizer, device, gradient_checkpointing)
         report["results"][setting] = results
-        tables.append(format_table(setting, args.clock, results))
+        tables.append(format_table(setting, args.clock, results) + memory_check_lines(results))
     report["total_s"] = time.perf_counter() - started
     print()
     print("\n\n".join(tables))

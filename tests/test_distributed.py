@@ -1,9 +1,10 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""NPRewardTrainer under DeepSpeed ZeRO-3: `accelerate launch`, 2 CPU processes, then load and score in one process.
+"""NPRewardTrainer and NPDPOTrainer under DeepSpeed ZeRO-3: `accelerate launch`, 2 CPU processes, then load and
+score (and generate) in one process.
 
 ZeRO-3 partitions the base model at load (`zero3_init_flag`), so the "base" context embedder, the NP modules called
 outside `model.forward` and the `fssa_np.*` keys of the consolidated state dict all have to cope with partitioned
-parameters. The test checks more than "it ran": ZeRO-3 over 2 processes x 2 episodes must train the same model as one
+parameters. The tests check more than "it ran": ZeRO-3 over 2 processes x 2 episodes must train the same model as one
 process with 4 episodes per batch, and resuming from a ZeRO-3 checkpoint must reproduce the uninterrupted run.
 """
 
@@ -18,12 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fssa_trl import SteerableRewardModel
+from fssa_trl import SteerablePolicy, SteerableRewardModel
 from fssa_trl.modeling.np_modules import NPModules
 from fssa_trl.testing_utils import style_preference_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "scripts" / "train_np_reward_tiny.py"
+SCRIPTS = REPO / "tests" / "scripts"
+REWARD_SCRIPT = SCRIPTS / "train_np_reward_tiny.py"
+DPO_SCRIPT = SCRIPTS / "train_np_dpo_tiny.py"
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
 # A fresh machine JIT-compiles DeepSpeed's shared-memory communication op on the first CPU launch (about 2.5 min on 2
 # cores, cached in ~/.cache/torch_extensions afterwards); a warm run takes about 30 s.
@@ -46,15 +49,20 @@ def run(command: list[str]) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
 
-def launch_zero3(output_dir: Path, *args: str) -> None:
+def launch_zero3(script: Path, output_dir: Path, *args: str) -> None:
     port = str(free_port())
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    command += [str(ACCELERATE_CONFIGS / "zero3_cpu.yaml"), "--main_process_port", port, str(SCRIPT)]
+    command += [str(ACCELERATE_CONFIGS / "zero3_cpu.yaml"), "--main_process_port", port, str(script)]
     # `--use_cpu true`: the config's `use_cpu: true` is not passed on by accelerate's DeepSpeed launcher, and without
     # it each process takes itself for the only (and main) one. Persistence threshold 0: by default ZeRO-3 keeps every
     # parameter under 1e5 elements whole on every process (all of the tiny model), so nothing would be partitioned.
     command += ["--output_dir", str(output_dir), "--use_cpu", "true", "--zero3_param_persistence_threshold", "0"]
     run([*command, *TRAIN_ARGS, *args])
+
+
+def run_single(script: Path, output_dir: Path, *args: str) -> None:
+    """The same training in one process; `--per_device_train_batch_size 4` matches ZeRO-3's global batch."""
+    run([sys.executable, str(script), "--output_dir", str(output_dir), "--use_cpu", "true", *TRAIN_ARGS, *args])
 
 
 def tensors(path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -74,9 +82,8 @@ def zero3_run(tmp_path_factory):
     """One ZeRO-3 run (checkpoint at step 2 of 4) and the same training in one process with the same global batch."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install fssa_trl[deepspeed])")
     root = tmp_path_factory.mktemp("zero3")
-    launch_zero3(root / "zero3", "--save_strategy", "steps", "--save_steps", "2")
-    single = [sys.executable, str(SCRIPT), "--output_dir", str(root / "single"), "--use_cpu", "true", *TRAIN_ARGS]
-    run([*single, "--per_device_train_batch_size", "4", "--eval_pairs_per_user", "0"])
+    launch_zero3(REWARD_SCRIPT, root / "zero3", "--save_strategy", "steps", "--save_steps", "2")
+    run_single(REWARD_SCRIPT, root / "single", "--per_device_train_batch_size", "4", "--eval_pairs_per_user", "0")
     return root
 
 
@@ -92,40 +99,56 @@ def test_accelerate_recipes_load():
     assert config.deepspeed_config["zero_stage"] == 3 and config.mixed_precision == "no"
 
 
-def test_np_reward_zero3_cpu(zero3_run):
-    output_dir = zero3_run / "zero3"
+def assert_zero3_trained_as_single(output_dir: Path, single_dir: Path, kind: str, steps: int) -> dict:
+    """What ran was ZeRO-3 on 2 processes, it saved a complete `kind` model whose zero-initialised hypernetwork output
+    layer (gates = 1 at init) was trained, and it trained exactly what one process trains on the same global batches
+    (NP modules included). Returns the run's `run_info.json`."""
     info = json.loads((output_dir / "run_info.json").read_text())
     assert (info["distributed_type"], info["num_processes"], info["zero_stage"]) == ("DistributedType.DEEPSPEED", 2, 3)
-    assert info["global_step"] == 4 and 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
+    assert info["global_step"] == steps
     for name in ("fssa_config.json", "fssa_np.safetensors", "adapter_model.safetensors"):
         assert (output_dir / name).is_file(), name
 
-    # The hypernetwork's zero-initialised output layer (gates = 1 at init) was trained and saved.
     config = json.loads((output_dir / "fssa_config.json").read_text())
+    assert config["kind"] == kind
     fresh = NPModules(**config["np_modules"]).state_dict()
     trained = load_file(output_dir / "fssa_np.safetensors")
     assert trained.keys() == fresh.keys()
     zero_init = [k for k, v in fresh.items() if k.startswith("hypernetwork.") and not v.any()]
     assert zero_init and all(trained[k].any() for k in zero_init)
 
-    # ZeRO-3 trained exactly what one process trains on the same global batches (NP modules included).
-    single = json.loads((zero3_run / "single" / "run_info.json").read_text())
+    single = json.loads((single_dir / "run_info.json").read_text())
     assert info["train_losses"] == pytest.approx(single["train_losses"], abs=1e-4)
-    assert_same_weights(output_dir, zero3_run / "single", atol=1e-4)
+    assert_same_weights(output_dir, single_dir, atol=1e-4)
+    return info
 
-    # The saved model loads in one process (base found by path) and scores with and without a context.
-    model = SteerableRewardModel.from_pretrained(str(output_dir))
+
+def user_a_pairs() -> tuple[list[dict], list[str], list[str]]:
+    """A 3-pair context of user "A", and 3 other prompts of theirs twice with (chosen + rejected) responses."""
     pairs = style_preference_dataset(6, seed=3).filter(lambda row: row["user_id"] == "A")
     context = [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs.select(range(3))]
-    prompts = pairs["prompt"][3:] * 2
-    responses = pairs["chosen"][3:] + pairs["rejected"][3:]
+    return context, pairs["prompt"][3:] * 2, pairs["chosen"][3:] + pairs["rejected"][3:]
+
+
+def assert_scores(model, reference, context, prompts, responses) -> None:
+    """`model.score` is finite with and without a context, and matches the single-process `reference`."""
     with_context = model.score(prompts, responses, context=context)
     zero_shot = model.score(prompts, responses, context=[])
     for scores in (with_context, zero_shot):
-        assert scores.shape == (6,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+        assert scores.shape == (len(prompts),) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
     assert not torch.equal(model.latent(context), model.latent([]))
-    reference = SteerableRewardModel.from_pretrained(str(zero3_run / "single"))
     torch.testing.assert_close(with_context, reference.score(prompts, responses, context=context), atol=1e-4, rtol=0)
+
+
+def test_np_reward_zero3_cpu(zero3_run):
+    output_dir = zero3_run / "zero3"
+    info = assert_zero3_trained_as_single(output_dir, zero3_run / "single", kind="reward", steps=4)
+    assert 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
+
+    # The saved model loads in one process (base found by path) and scores with and without a context.
+    model = SteerableRewardModel.from_pretrained(str(output_dir))
+    reference = SteerableRewardModel.from_pretrained(str(zero3_run / "single"))
+    assert_scores(model, reference, *user_a_pairs())
 
 
 def test_np_reward_zero3_cpu_resume(zero3_run):
@@ -134,9 +157,34 @@ def test_np_reward_zero3_cpu_resume(zero3_run):
     checkpoint = zero3_run / "zero3" / "checkpoint-2"
     assert (checkpoint / "fssa_np.safetensors").is_file()
     resumed = zero3_run / "resumed"
-    launch_zero3(resumed, "--resume_from_checkpoint", str(checkpoint), "--eval_pairs_per_user", "0")
+    launch_zero3(REWARD_SCRIPT, resumed, "--resume_from_checkpoint", str(checkpoint), "--eval_pairs_per_user", "0")
     info = json.loads((resumed / "run_info.json").read_text())
     uninterrupted = json.loads((zero3_run / "zero3" / "run_info.json").read_text())
     assert info["global_step"] == 4
     assert info["train_losses"][-2:] == pytest.approx(uninterrupted["train_losses"][-2:], abs=1e-6)
     assert_same_weights(resumed, zero3_run / "zero3", atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dpo_zero3_run(tmp_path_factory):
+    """NPDPOTrainer: one ZeRO-3 run (3 steps, then an evaluation) and the same training in one process."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install fssa_trl[deepspeed])")
+    root = tmp_path_factory.mktemp("dpo_zero3")
+    launch_zero3(DPO_SCRIPT, root / "zero3", "--eval_pairs_per_user", "4")
+    run_single(DPO_SCRIPT, root / "single", "--per_device_train_batch_size", "4")
+    return root
+
+
+def test_np_dpo_zero3_cpu(dpo_zero3_run):
+    """The policy side: TRL's DPO loss with the adapter-off reference pass, and the implicit-reward accuracy gathered
+    over processes, under ZeRO-3; the saved policy then generates and scores in one process."""
+    output_dir = dpo_zero3_run / "zero3"
+    info = assert_zero3_trained_as_single(output_dir, dpo_zero3_run / "single", kind="policy", steps=3)
+    assert 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
+
+    policy = SteerablePolicy.from_pretrained(str(output_dir))
+    context, prompts, responses = user_a_pairs()
+    for user_context in (context, []):
+        completions = policy.generate(prompts[:2], context=user_context, do_sample=False, max_new_tokens=4)
+        assert len(completions) == 2 and all(isinstance(text, str) for text in completions)
+    assert_scores(policy, SteerablePolicy.from_pretrained(str(dpo_zero3_run / "single")), context, prompts, responses)

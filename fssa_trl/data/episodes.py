@@ -13,7 +13,7 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,15 @@ def _handle_too_few(user: str, have: int, need: int, policy: str, what: str) -> 
     return policy == "replace" and have > 0
 
 
+def _balanced_sizes(low: int, high: int, rng: random.Random) -> Iterator[int]:
+    """Context sizes uniform on [low, high], drawn in shuffled blocks that hold every size once. Each user's episodes
+    then cover all sizes almost equally (the 0-shot prior sees every user equally often), not only in expectation."""
+    while True:
+        block = list(range(low, high + 1))
+        rng.shuffle(block)
+        yield from block
+
+
 def build_train_episodes(
     rows_by_user: dict[str, list[int]],
     num_targets: int,
@@ -62,7 +71,7 @@ def build_train_episodes(
 ) -> tuple[list[Episode], list[str]]:
     """Training episodes: each pass shuffles every user's pairs and cuts them into episodes of `num_targets` targets
     (the last one topped up with other pairs of the same user); the context is a random subset of C targets with C
-    uniform in `[min_context, max_context]`.
+    uniform in `[min_context, max_context]`, balanced per user (each size once per block of `max - min + 1` episodes).
 
     Returns the episodes and the users skipped for having fewer than `num_targets` pairs.
     """
@@ -72,6 +81,7 @@ def build_train_episodes(
         if len(rows) < num_targets and not _handle_too_few(user, len(rows), num_targets, too_few_pairs, "one episode"):
             skipped.append(user)
             continue
+        context_sizes = _balanced_sizes(min_context, max_context, rng)
         for _ in range(num_passes):
             if len(rows) < num_targets:  # "replace": sample with replacement
                 chunks = [[rng.choice(rows) for _ in range(num_targets)]]
@@ -84,7 +94,7 @@ def build_train_episodes(
                     rest = [r for r in rows if r not in last]
                     chunks[-1] += rng.sample(rest, num_targets - len(chunks[-1]))
             for targets in chunks:
-                size = rng.randint(min_context, max_context)
+                size = next(context_sizes)
                 in_context = sorted(rng.sample(range(num_targets), size))
                 flags = [False] * num_targets
                 for position in in_context:

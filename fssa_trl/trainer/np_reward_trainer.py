@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, set_seed
 from trl import RewardTrainer
 
 from ..modeling.embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel
@@ -158,6 +158,7 @@ class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
         np_kwargs = {"encoder": encoder_kwargs(args, dim), "decoder": decoder}
         # No backbone runs during training: nothing to checkpoint (`gradient_checkpointing` mirrors the new name).
         args.activation_checkpointing = args.gradient_checkpointing = False
+        set_seed(args.seed)  # as RewardTrainer does before building a model from a name: `seed` fixes the init
         return NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=np_kwargs)), processing_class
 
     @staticmethod

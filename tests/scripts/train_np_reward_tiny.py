@@ -19,31 +19,12 @@ trainer then loads the base from that path, so the saved adapter records it as `
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-
-from accelerate import PartialState
 from peft import LoraConfig
+from tiny_launch import TinyArguments, prepare_base, write_run_info
 from trl import TrlParser
 
 from fssa_trl import NPRewardConfig, NPRewardTrainer
 from fssa_trl.testing_utils import style_preference_dataset, tiny_reward_model, word_tokenizer
-
-
-@dataclass
-class TinyArguments:
-    pairs_per_user: int = field(default=32, metadata={"help": "Preference pairs of each of the two users."})
-    eval_pairs_per_user: int = field(default=12, metadata={"help": "Evaluation pairs per user (0: no eval)."})
-    lora_r: int = field(default=4, metadata={"help": "LoRA rank."})
-    zero3_param_persistence_threshold: int | None = field(
-        default=None,
-        metadata={
-            "help": "DeepSpeed `stage3_param_persistence_threshold`: ZeRO-3 never partitions parameters with at most "
-            "this many elements. DeepSpeed's default (1e5) keeps every parameter of the tiny model whole on every "
-            "process, so set 0 to really partition them."
-        },
-    )
 
 
 def make_parser() -> TrlParser:
@@ -71,23 +52,12 @@ def make_parser() -> TrlParser:
 
 
 def main() -> None:
-    # Built before the training arguments exist: once they do, ZeRO-3's `zero.Init` partitions every model built,
-    # collectively, so the main process could not build one on its own.
+    # Built before the training arguments exist (see `prepare_base`).
     tokenizer = word_tokenizer()
     base_model = tiny_reward_model(tokenizer)
     script_args, training_args = make_parser().parse_args_and_config()
-
-    base_path = os.path.join(training_args.output_dir, "base")
-    if training_args.process_index == 0:
-        tokenizer.save_pretrained(base_path)
-        base_model.save_pretrained(base_path)
-    PartialState().wait_for_everyone()  # the state was set up by the training arguments
+    base_path = prepare_base(base_model, tokenizer, script_args, training_args)
     del base_model
-
-    threshold = script_args.zero3_param_persistence_threshold
-    if threshold is not None and training_args.deepspeed_plugin is not None:  # the accelerate config has no such key
-        zero_config = training_args.deepspeed_plugin.deepspeed_config["zero_optimization"]
-        zero_config["stage3_param_persistence_threshold"] = threshold
 
     eval_pairs = script_args.eval_pairs_per_user
     trainer = NPRewardTrainer(
@@ -108,18 +78,7 @@ def main() -> None:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     metrics = trainer.evaluate() if eval_pairs else {}
-    if trainer.accelerator.is_main_process:  # what actually ran, for the test to check
-        plugin = trainer.accelerator.state.deepspeed_plugin
-        info = {
-            "distributed_type": str(trainer.accelerator.distributed_type),
-            "num_processes": trainer.accelerator.num_processes,
-            "zero_stage": None if plugin is None else plugin.zero_stage,
-            "global_step": trainer.state.global_step,
-            "train_losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
-            "eval_metrics": metrics,
-        }
-        with open(os.path.join(training_args.output_dir, "run_info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f)
+    write_run_info(trainer, metrics)
     trainer.end()  # destroys the process group; without it a rank can abort at exit ("terminate called ...")
 
 

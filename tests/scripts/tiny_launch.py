@@ -1,0 +1,63 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""What the tiny training scripts (`train_np_reward_tiny.py`, `train_np_dpo_tiny.py`) share: script arguments, the
+base model written to `<output_dir>/base`, ZeRO-3's persistence threshold, and `run_info.json` for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from accelerate import PartialState
+
+
+@dataclass
+class TinyArguments:
+    pairs_per_user: int = field(default=32, metadata={"help": "Preference pairs of each of the two users."})
+    eval_pairs_per_user: int = field(default=12, metadata={"help": "Evaluation pairs per user (0: no eval)."})
+    lora_r: int = field(default=4, metadata={"help": "LoRA rank."})
+    zero3_param_persistence_threshold: int | None = field(
+        default=None,
+        metadata={
+            "help": "DeepSpeed `stage3_param_persistence_threshold`: ZeRO-3 never partitions parameters with at most "
+            "this many elements. DeepSpeed's default (1e5) keeps every parameter of the tiny model whole on every "
+            "process, so set 0 to really partition them."
+        },
+    )
+
+
+def prepare_base(base_model, tokenizer, script_args: TinyArguments, training_args) -> str:
+    """Write the tiny base model and its tokenizer to `<output_dir>/base` (main process) and apply the persistence
+    threshold to the DeepSpeed config; returns the base path for the trainer to load.
+
+    Build `base_model` before the training arguments exist: once they do, ZeRO-3's `zero.Init` partitions every model
+    built, collectively, so the main process could not build one on its own.
+    """
+    base_path = os.path.join(training_args.output_dir, "base")
+    if training_args.process_index == 0:
+        tokenizer.save_pretrained(base_path)
+        base_model.save_pretrained(base_path)
+    PartialState().wait_for_everyone()  # the state was set up by the training arguments
+
+    threshold = script_args.zero3_param_persistence_threshold
+    if threshold is not None and training_args.deepspeed_plugin is not None:  # the accelerate config has no such key
+        zero_config = training_args.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        zero_config["stage3_param_persistence_threshold"] = threshold
+    return base_path
+
+
+def write_run_info(trainer, eval_metrics: dict) -> None:
+    """What actually ran, for the test to check: `<output_dir>/run_info.json` (main process)."""
+    if not trainer.accelerator.is_main_process:
+        return
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    info = {
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "num_processes": trainer.accelerator.num_processes,
+        "zero_stage": None if plugin is None else plugin.zero_stage,
+        "global_step": trainer.state.global_step,
+        "train_losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
+        "eval_metrics": eval_metrics,
+    }
+    with open(os.path.join(trainer.args.output_dir, "run_info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f)
