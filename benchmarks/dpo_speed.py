@@ -33,12 +33,14 @@ Peak memory (`peak MB`):
 - CPU: `static + step_peak` as in `speed.py` (parameters, buffers and optimizer state, plus the peak of the
   allocations recorded by `torch.profiler` during `--memory_steps` extra, untimed steps).
 
-`static + step_peak` is recorded on CUDA too. Run (the defaults are the GPU settings; about 2 minutes on an H100,
-and runs beyond the first plain/np pair are skipped once `--budget_s` would be exceeded)::
+`static + step_peak` is recorded on CUDA too. Run (the defaults are the GPU settings, estimated at 1.5-2 minutes
+on an H100; runs beyond the first plain/np pair are skipped once `--budget_s` would be exceeded; the CPU check below
+takes about 1.5 minutes on 2 busy cores)::
 
     HF_HUB_OFFLINE=1 python benchmarks/dpo_speed.py
     HF_HUB_OFFLINE=1 python benchmarks/dpo_speed.py --device cpu --num_layers 2 --hidden_size 128 \\
-        --intermediate_size 512 --num_heads 4 --num_kv_heads 2 --vocab_size 1000 --steps 3   # CPU check
+        --intermediate_size 512 --num_heads 4 --num_kv_heads 2 --vocab_size 1000 --prompt_len 32 \\
+        --completion_len 32 --steps 3 --output /tmp/dpo_speed_check.json   # CPU check
 
 It prints a table with the NP/plain ratios (goals: step time <= 1.15, peak memory <= 1.10) and writes
 `benchmarks/results/dpo_speed_<device>.json` after every run, so a run cut short keeps what it measured. Nothing is
