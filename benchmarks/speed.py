@@ -22,9 +22,9 @@ machine wall time mostly measures the other processes (with 2 threads on 2 busy 
 varied 2x), while CPU time is what the step costs; wall time is recorded too. On CUDA the clock is wall time after
 `torch.cuda.synchronize()`.
 
-Peak memory of a step is `static + step_peak`: `static` is the bytes of the trainer's own parameters, buffers and
-optimizer state (unique storages; gradients are `None` between steps), `step_peak` the largest amount allocated
-above the level at `on_step_begin` during the step:
+Peak memory of a step (MB = 2**20 bytes) is `static + step_peak`: `static` is the bytes of the trainer's own
+parameters, buffers and optimizer state (unique storages; gradients are `None` between steps), `step_peak` the
+largest amount allocated above the level at `on_step_begin` during the step:
 
 - CUDA: `torch.cuda.max_memory_allocated()` after `torch.cuda.reset_peak_memory_stats()` at step begin, minus
   the allocated bytes at step begin (so the other trainers' weights in the process do not count);
@@ -37,7 +37,7 @@ above the level at `on_step_begin` during the step:
   (`memory_method_check` in the JSON), which checks it.
 
 Gradient checkpointing is measured on (TRL's default, non-reentrant: `NPRewardTrainer` rejects reentrant) and
-off. Run (about 8 minutes on 2 busy CPU cores; the GPU preset takes 1-2 minutes)::
+off. Run (about 15 minutes on 2 busy CPU cores; the GPU preset should take 1-2 minutes on one H100)::
 
     HF_HUB_OFFLINE=1 python benchmarks/speed.py
     HF_HUB_OFFLINE=1 python benchmarks/speed.py --preset gpu-0.5b --steps 20   # Qwen2-0.5B shape, bf16, CUDA

@@ -53,7 +53,9 @@ def main():
 
     torch.manual_seed(args.seed)
     print("== unknown user (context=[])")
-    for prompt, text in zip(prompts, policy.generate(prompts, context=[], max_new_tokens=args.max_new_tokens)):
+    for prompt, text in zip(
+        prompts, policy.generate(prompts, context=[], max_new_tokens=args.max_new_tokens), strict=True
+    ):
         print(f"{prompt!r} -> {text!r}")
     latents = {}
     for user, context in contexts.items():

@@ -40,7 +40,10 @@ def main(script_args, training_args, model_args):
     processing_class = None
     if script_args.dataset_name:
         dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
-        train_dataset, test_dataset = dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+        train_dataset, test_dataset = (
+            dataset[script_args.dataset_train_split],
+            dataset.get(script_args.dataset_test_split),
+        )
     else:
         from fssa_trl.testing_utils import style_preference_dataset
 

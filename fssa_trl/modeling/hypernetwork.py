@@ -127,6 +127,7 @@ class LoRAModulator:
         self.layers = find_lora_layers(model, adapter_name)
         self.adapter_name = adapter_name
         self.modulation: Modulation | None = None
+        self._layer_gates: tuple[torch.Tensor, ...] = ()  # one (N, r) view per layer, split once per step
         self._handles = []
         for index, (_, layer) in enumerate(self.layers):
             hook = self._make_lora_hook(index)
@@ -161,7 +162,9 @@ class LoRAModulator:
         def hook(module, inputs, output):
             if self.modulation is None:
                 return output
-            gates = self._expand(self.modulation.gates[:, index], output.shape[0]).to(output.dtype)  # (N, r)
+            gates = self._expand(self._layer_gates[index], output.shape[0])  # (N, r)
+            if gates.dtype != output.dtype:
+                gates = gates.to(output.dtype)
             return output * gates.view(gates.shape[0], *([1] * (output.dim() - 2)), gates.shape[-1])
 
         return hook
@@ -175,9 +178,12 @@ class LoRAModulator:
 
     def set(self, modulation: Modulation | None) -> None:
         self.modulation = modulation
+        # Split the gates once here rather than slicing in every hook: one op (and one backward) instead of one per
+        # LoRA layer, which matters for models with hundreds of LoRA layers.
+        self._layer_gates = () if modulation is None else modulation.gates.unbind(dim=1)
 
     def clear(self) -> None:
-        self.modulation = None
+        self.set(None)
 
     @contextlib.contextmanager
     def apply(self, modulation: Modulation | None) -> Iterator[None]:

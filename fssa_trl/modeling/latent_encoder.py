@@ -113,8 +113,7 @@ class NPLatentEncoder(nn.Module):
                 pairs = torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)
                 mask = mask.new_zeros(mask.shape[0], 1)
             # A fully masked row would make attention return NaN: let empty sets attend to themselves, then drop them.
-            key_padding = ~mask
-            key_padding[~mask.any(dim=1)] = False
+            key_padding = ~mask & mask.any(dim=1, keepdim=True)  # no boolean indexing: no device sync
             pairs, _ = self.attention(pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False)
         weights = mask.to(pairs.dtype).unsqueeze(-1)  # (B, C, 1)
         summed = (pairs * weights).sum(dim=1)  # (B, H)

@@ -240,17 +240,21 @@ def load_np_into(model: nn.Module, checkpoint: str) -> None:
 
 
 def log_unseen_accuracy(trainer, mode: str, correct: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-    """Append accuracy on unseen targets, overall and by context size, to `trainer._metrics[mode]` (gathered over
-    processes)."""
+    """Append accuracy on unseen targets, overall and by context size, to `trainer._metrics[mode]`.
+
+    Counts are reduced over processes and read back in one transfer (one device sync per step).
+    """
+    args = trainer.args
+    num_sizes = max(args.max_context, *args.eval_context_sizes) + 1
     unseen = batch["target_unseen"]
-    sizes = torch.where(unseen, batch["target_context_size"], torch.full_like(batch["target_context_size"], -1))
-    stacked = torch.stack([correct.float(), sizes.float()], dim=1)
-    stacked = trainer.accelerator.pad_across_processes(stacked, dim=0, pad_index=-1)
-    stacked = trainer.accelerator.gather(stacked)
-    stacked = stacked[stacked[:, 1] >= 0]
-    if len(stacked) == 0:
+    sizes = batch["target_context_size"].clamp(max=num_sizes - 1)
+    index = torch.where(unseen, sizes, torch.full_like(sizes, num_sizes))  # seen targets go to a spill bin
+    counts = torch.bincount(index, minlength=num_sizes + 1)[:num_sizes].float()
+    hits = torch.bincount(index, weights=correct.float(), minlength=num_sizes + 1)[:num_sizes]
+    totals = trainer.accelerator.reduce(torch.stack([counts, hits]), reduction="sum").tolist()
+    if sum(totals[0]) == 0:
         return
-    trainer._metrics[mode]["accuracy_unseen"].append(stacked[:, 0].mean().item())
-    for size in stacked[:, 1].unique().tolist():
-        rows = stacked[stacked[:, 1] == size]
-        trainer._metrics[mode][f"accuracy_ctx{int(size)}"].append(rows[:, 0].mean().item())
+    trainer._metrics[mode]["accuracy_unseen"].append(sum(totals[1]) / sum(totals[0]))
+    for size, (count, hit) in enumerate(zip(totals[0], totals[1], strict=True)):
+        if count:
+            trainer._metrics[mode][f"accuracy_ctx{size}"].append(hit / count)

@@ -1,6 +1,9 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """What the tiny training scripts (`train_np_reward_tiny.py`, `train_np_dpo_tiny.py`) share: script arguments, the
-base model written to `<output_dir>/base`, ZeRO-3's persistence threshold, and `run_info.json` for the tests."""
+base model written to `<output_dir>/base`, ZeRO-3's persistence threshold, and `run_info.json` for the tests.
+
+Imported as a plain module: a script's own folder is first on `sys.path`, under `python` and `accelerate launch` alike.
+"""
 
 from __future__ import annotations
 
