@@ -127,7 +127,7 @@ class LoRAModulator:
         self.layers = find_lora_layers(model, adapter_name)
         self.adapter_name = adapter_name
         self.modulation: Modulation | None = None
-        self._layer_gates: tuple[torch.Tensor, ...] = ()  # one (N, r) view per layer, split once per step
+        self._layer_gates: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}  # per dtype: one (N, 1, r) per layer
         self._handles = []
         for index, (_, layer) in enumerate(self.layers):
             hook = self._make_lora_hook(index)
@@ -162,10 +162,11 @@ class LoRAModulator:
         def hook(module, inputs, output):
             if self.modulation is None:
                 return output
-            gates = self._expand(self._layer_gates[index], output.shape[0])  # (N, r)
-            if gates.dtype != output.dtype:
-                gates = gates.to(output.dtype)
-            return output * gates.view(gates.shape[0], *([1] * (output.dim() - 2)), gates.shape[-1])
+            gates = self._gates(output.dtype)[index]  # (N, 1, r)
+            gates = self._expand(gates, output.shape[0])
+            if output.dim() != 3:
+                gates = gates.view(gates.shape[0], *([1] * (output.dim() - 2)), gates.shape[-1])
+            return output * gates
 
         return hook
 
@@ -176,11 +177,17 @@ class LoRAModulator:
         head = self._expand(self.modulation.head, hidden.shape[0]).to(hidden.dtype)  # (N, H)
         return output + (hidden * head.unsqueeze(1)).sum(dim=-1, keepdim=True)
 
+    def _gates(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """The per-layer gates in `dtype`, cast and split once per modulation rather than once per LoRA layer: with
+        hundreds of LoRA layers the per-layer slice, cast and reshape (and their backward) would cost more kernel
+        launches than the gating itself."""
+        if dtype not in self._layer_gates:
+            self._layer_gates[dtype] = self.modulation.gates.to(dtype).unsqueeze(2).unbind(dim=1)
+        return self._layer_gates[dtype]
+
     def set(self, modulation: Modulation | None) -> None:
         self.modulation = modulation
-        # Split the gates once here rather than slicing in every hook: one op (and one backward) instead of one per
-        # LoRA layer, which matters for models with hundreds of LoRA layers.
-        self._layer_gates = () if modulation is None else modulation.gates.unbind(dim=1)
+        self._layer_gates = {}
 
     def clear(self) -> None:
         self.set(None)
