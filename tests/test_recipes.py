@@ -1,0 +1,53 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""Every training recipe loads into its script's parser, so recipes cannot drift from the configs."""
+
+import glob
+import importlib.util
+import os
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {"np_reward": "train_np_reward.py", "np_dpo": "train_np_dpo.py"}
+RECIPES = sorted(
+    p for p in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True) if "accelerate_configs" not in p
+)
+
+
+def load_parser(script: str):
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(ROOT, "examples", script))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module.make_parser()
+
+
+def test_every_recipe_folder_has_a_script():
+    assert RECIPES
+    for path in RECIPES:
+        assert os.path.basename(os.path.dirname(path)) in SCRIPTS, f"no script for {path}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_recipe_loads_into_its_parser(path):
+    parser = load_parser(SCRIPTS[os.path.basename(os.path.dirname(path))])
+    with open(path, encoding="utf-8") as f:
+        keys = set(yaml.safe_load(f))
+    known = {action.dest for action in parser._actions}
+    assert keys <= known, f"unknown keys in {path}: {sorted(keys - known)}"
+    parsed = parser.parse_args_and_config(args=["--config", path])
+    training_args = parsed[1]
+    for key in ("num_targets", "max_context", "output_dir"):
+        if key in keys:
+            with open(path, encoding="utf-8") as f:
+                assert getattr(training_args, key) == yaml.safe_load(f)[key]
+
+
+def test_unknown_recipe_key_is_caught(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nnum_target: 4\n")  # typo of num_targets
+    parser = load_parser(SCRIPTS["np_reward"])
+    known = {action.dest for action in parser._actions}
+    assert "num_target" not in known
