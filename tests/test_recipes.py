@@ -12,7 +12,9 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"np_reward": "train_np_reward.py", "np_dpo": "train_np_dpo.py"}
 RECIPES = sorted(
-    p for p in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True) if "accelerate_configs" not in p
+    p
+    for p in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True)
+    if "accelerate_configs" not in p
 )
 
 
