@@ -61,7 +61,7 @@ PAPER = {
     "DPL": {0: 76.3, 1: 76.3, 3: 76.3, 5: 76.3, 10: 76.3},
     "NP-BTL": {0: 76.4, 1: 86.6, 3: 94.7, 5: 97.4, 10: 98.9},
 }
-# Training settings shared by the three methods, tuned on the validation split (seeds 0-3).
+# Training settings shared by the three methods, tuned for NP-BTL on the validation split (seeds 0-3).
 TRAINING = dict(
     num_train_epochs=20,
     learning_rate=3e-3,
@@ -72,6 +72,10 @@ TRAINING = dict(
     decoder_hidden_dim=128,
     decoder_num_layers=3,
     aggregation="mean",
+    # A light penalty on mean(r^2) (TRL's option): the labels are deterministic, so the BTL loss pushes rewards to
+    # infinity; without it, at lr 3e-3 about 1 run in 4 drifted to rewards of ~100 whose latent path never trained
+    # (context ignored, 75% at every context size). With it, 14 of 14 seeds trained (10 at the test's reduced size).
+    center_rewards_coefficient=1e-3,
 )
 NP_LATENT_DIM = 8
 # Evaluation: each unseen pair is scored under its own context draw (`num_targets=1`), and the whole evaluation is

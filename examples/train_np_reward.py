@@ -53,6 +53,8 @@ class ComparisonArguments:
             LoRA rank of the baseline.
         context_sizes (`list[int]`, *optional*, defaults to `[0, 1, 3, 5, 10]`):
             Context sizes of the few-shot evaluation.
+        num_context_draws (`int`, *optional*, defaults to `5`):
+            Independent context draws per test pair and context size in the evaluation.
     """
 
     baseline: bool = field(default=True, metadata={"help": "Also train a plain TRL RewardTrainer (BTL)."})
@@ -60,6 +62,7 @@ class ComparisonArguments:
     baseline_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the BTL baseline."})
     baseline_lora_r: int = field(default=16, metadata={"help": "LoRA rank of the BTL baseline."})
     context_sizes: list[int] = field(default_factory=lambda: [0, 1, 3, 5, 10], metadata={"help": "Context sizes."})
+    num_context_draws: int = field(default=5, metadata={"help": "Context draws per test pair and context size."})
 
 
 def default_model_path() -> str:
@@ -137,7 +140,10 @@ def main(script_args, training_args, model_args, comparison):
     trainer.save_model()
     if test_dataset is None:
         return
-    results = [evaluate_few_shot(trainer, test_dataset, comparison.context_sizes, name="NP-BTL (ours)")]
+    draws = comparison.num_context_draws
+    results = [
+        evaluate_few_shot(trainer, test_dataset, comparison.context_sizes, name="NP-BTL (ours)", num_draws=draws)
+    ]
     if comparison.baseline and trainer.accelerator.is_main_process:
         baseline = train_baseline(model_path, training_args, comparison, train_dataset, trainer.processing_class)
         results.append(evaluate_few_shot(baseline, test_dataset, comparison.context_sizes, name="BTL (plain TRL)"))

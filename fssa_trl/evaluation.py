@@ -152,6 +152,7 @@ def evaluate_few_shot(
     seed: int = 0,
     batch_size: int = 16,
     name: str | None = None,
+    num_draws: int = 1,
 ) -> FewShotResults:
     """Accuracy on unseen pairs by context size and user.
 
@@ -171,6 +172,8 @@ def evaluate_few_shot(
         seed (`int`): seed of the context draws.
         batch_size (`int`): sequences per forward pass.
         name (`str`, *optional*): label of the results (in tables and plots).
+        num_draws (`int`): independent context draws per target chunk (each pair is scored `num_draws` times per
+            context size); more draws average out which few pairs happened to form a context.
 
     Returns:
         [`FewShotResults`]
@@ -180,7 +183,14 @@ def evaluate_few_shot(
     if user_column not in dataset.column_names:
         raise ValueError(f"The dataset has no user column {user_column!r}; set `user_column`.")
     rows_by_user = group_rows_by_user(dataset[user_column])
-    episodes, skipped = build_eval_episodes(rows_by_user, list(context_sizes), num_targets, too_few_pairs, seed)
+    if num_draws < 1:
+        raise ValueError(f"`num_draws` must be >= 1, got {num_draws}.")
+    episodes = []
+    for draw in range(num_draws):
+        drawn, skipped = build_eval_episodes(
+            rows_by_user, list(context_sizes), num_targets, too_few_pairs, seed + draw
+        )
+        episodes += drawn
     log_skipped(skipped, rows_by_user, "evaluation")
     was_training = model.model.training
     model.model.eval()

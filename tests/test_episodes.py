@@ -9,7 +9,6 @@ from fssa_trl.data.episodes import (
     build_eval_episodes,
     build_train_episodes,
     group_rows_by_user,
-    num_train_passes,
 )
 
 
@@ -65,12 +64,6 @@ def test_every_pair_appears_in_every_pass(rows_by_user):
         for p in range(passes):
             in_pass = [r for e in user_episodes[p * per_pass : (p + 1) * per_pass] for r in e.target_rows]
             assert set(in_pass) == set(rows)
-
-
-def test_num_train_passes():
-    assert num_train_passes(num_pairs=37, num_targets=10, min_episodes=1) == 1
-    assert num_train_passes(num_pairs=37, num_targets=10, min_episodes=9) == 3  # 4 episodes per pass
-    assert num_train_passes(num_pairs=5, num_targets=10, min_episodes=3) == 3
 
 
 def test_train_episodes_are_deterministic_for_a_seed(rows_by_user):

@@ -27,13 +27,14 @@ def synthetic():
 
 @pytest.fixture(scope="module")
 def data(synthetic):
-    # 3000 pairs (2400 train, 300 test): a tenth of the benchmark's training run, the same code path.
-    return synthetic.synthetic_preferences(num_pairs=3000, seed=0)
+    # 6000 pairs (4800 train, 600 test) instead of 20000, and fewer epochs: the benchmark's code path at a fifth of
+    # its cost.
+    return synthetic.synthetic_preferences(num_pairs=6000, seed=0)
 
 
 def test_synthetic_data_follows_the_two_reward_functions(synthetic, data):
     train = data["train"]
-    assert len(train) == 2400 and len(data["validation"]) == 300 and len(data["test"]) == 300
+    assert len(train) == 4800 and len(data["validation"]) == 600 and len(data["test"]) == 600
     chosen = np.array(train["chosen_embedding"])[:, 0]
     rejected = np.array(train["rejected_embedding"])[:, 0]
     z = np.array([int(u[-1]) for u in train["user_id"]])
@@ -47,7 +48,7 @@ def test_synthetic_data_follows_the_two_reward_functions(synthetic, data):
 
 
 def test_np_btl_uses_the_context_and_btl_cannot(synthetic, data):
-    reduced = dict(num_train_epochs=12)
+    reduced = dict(num_train_epochs=15)
     np_btl, _ = synthetic.train_and_evaluate("NP-BTL", data, "test", eval_context_draws=1, **reduced)
     btl, _ = synthetic.train_and_evaluate("BTL", data, "test", **reduced)
 
@@ -63,12 +64,12 @@ def test_np_btl_uses_the_context_and_btl_cannot(synthetic, data):
 
 def test_seed_fixes_the_initial_np_modules(synthetic, data, tmp_path):
     # Regression: the frozen-backbone model was built before `Trainer` seeded the RNGs, so `seed` did not fix it.
-    def initial_weights(seed):
-        torch.manual_seed(1000 + seed)  # whatever the global RNG state, the config's seed decides
+    def initial_weights(global_seed):
+        torch.manual_seed(global_seed)  # whatever the global RNG state, the config's seed decides
         args = synthetic.synthetic_config("NP-BTL", str(tmp_path), seed=0)
         trainer = NPRewardTrainer(model=None, args=args, train_dataset=data["train"])
         return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    first, second = initial_weights(0), initial_weights(1)
+    first, second = initial_weights(1), initial_weights(2)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)

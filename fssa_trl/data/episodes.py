@@ -10,7 +10,6 @@ Trainer's sampler, sharding and checkpoint resume treat them like any other exam
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -140,12 +139,6 @@ def build_eval_episodes(
                     context = rng.sample(others, size)
                 episodes.append(Episode(user, targets, context, [False] * len(targets)))
     return episodes, skipped
-
-
-def num_train_passes(num_pairs: int, num_targets: int, min_episodes: int = 1) -> int:
-    """How many shuffled passes give at least `min_episodes` episodes for a user with `num_pairs` pairs."""
-    per_pass = max(1, math.ceil(num_pairs / num_targets))
-    return max(1, math.ceil(min_episodes / per_pass))
 
 
 def log_skipped(skipped: list[str], rows_by_user: dict[str, list[int]], dataset_name: str) -> None:

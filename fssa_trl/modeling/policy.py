@@ -53,9 +53,6 @@ class SteerablePolicy(SteerableModel):
 
         return cls(model.eval(), tokenizer, config, embedder, LoRAModulator(model, config["adapter_name"]))
 
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def _modulation(self, latent: torch.Tensor | None):
         """The modulation for `latent` `(latent_dim,)` (one user) or `(B, latent_dim)` (one per prompt)."""
         if latent is None:

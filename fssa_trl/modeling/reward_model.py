@@ -29,6 +29,15 @@ def reward_input_ids(tokenizer, prompt, response) -> list[int]:
     return tokenizer(text=text)["input_ids"]
 
 
+def reward_head_module(model: nn.Module) -> nn.Module:
+    """The reward head (`score` or `classifier`) of a sequence-classification model, inside PEFT or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("score", "classifier"):
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise ValueError("`condition_reward_head=True` needs a sequence-classification model with a `score` head.")
+
+
 class SteerableRewardModel(SteerableModel):
     r"""A few-shot steerable reward model: `score(prompts, responses, context=ctx)` gives one user's rewards, where
     `ctx` is a list of that user's choices `{"prompt", "chosen", "rejected"}` (no gradient step involved).
@@ -57,8 +66,6 @@ class SteerableRewardModel(SteerableModel):
         modulator: LoRAModulator | None = None,
     ):
         if fssa_config and fssa_config["mode"] == "lora" and modulator is None:
-            from ..trainer.np_reward_trainer import reward_head_module
-
             head = reward_head_module(model) if fssa_config.get("condition_reward_head") else None
             modulator = LoRAModulator(model, fssa_config.get("adapter_name", "default"), head_module=head)
         super().__init__(model, tokenizer, fssa_config, embedder, modulator)

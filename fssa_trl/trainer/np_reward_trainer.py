@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from torch import nn
 from transformers import AutoModel, AutoTokenizer, set_seed
 from trl import RewardTrainer
 
 from ..modeling.embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel
 from ..modeling.reward_head import preference_log_likelihood
+from ..modeling.reward_model import reward_head_module
 from .np_common import (
     build_store,
     embedding_dim,
@@ -36,14 +36,6 @@ def placeholder_tokenizer():
 
     tokenizer = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>"))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
-
-
-def reward_head_module(model: nn.Module) -> nn.Module:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name in ("score", "classifier"):
-        if hasattr(base, name):
-            return getattr(base, name)
-    raise ValueError("`condition_reward_head=True` needs a sequence-classification model with a `score` head.")
 
 
 class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
