@@ -351,3 +351,16 @@ def test_errors_come_before_any_training(tokenizer, data, tmp_path):
         )
     for key, value in model.state_dict().items():
         assert torch.equal(value, snapshot[key])
+
+
+def test_frozen_reward_head_is_rejected(tokenizer, data, tmp_path):
+    """Without task_type='SEQ_CLS' PEFT leaves the random score head frozen and unsaved: loading would change it."""
+    lora = {k: v for k, v in LORA.items() if k != "task_type"}
+    with pytest.raises(ValueError, match="task_type='SEQ_CLS'"):
+        NPRewardTrainer(
+            model=tiny_reward_model(tokenizer),
+            args=np_config(tmp_path),
+            train_dataset=data[0],
+            processing_class=tokenizer,
+            peft_config=LoraConfig(**lora),
+        )

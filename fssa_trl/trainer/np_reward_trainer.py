@@ -126,6 +126,12 @@ class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
             peft_config=peft_config,
         )
         if not args.frozen_backbone:
+            if not any(p.requires_grad for p in reward_head_module(self.model).parameters()):
+                raise ValueError(
+                    "The reward head (`score`) is frozen, so it would stay at its random initialisation and not be "
+                    "saved with the adapter. Use `LoraConfig(task_type='SEQ_CLS', ...)` or add "
+                    "`modules_to_save=['score']` to your LoraConfig."
+                )
             head = reward_head_module(self.model) if args.condition_reward_head else None
             self._np_attach_lora_modules(train_dataset, head=head)
         self._np_finish_init(
