@@ -236,3 +236,20 @@ def test_bad_input(tokenizer, tmp_path):
         )
     with pytest.raises(ValueError, match="min_context"):
         dpo_config(tmp_path, min_context=3, max_context=1)
+
+
+def test_reference_log_probs_are_computed_once_and_match_the_base(trained, tokenizer):
+    trainer, test = trained
+    policy = trainer.steerable_model()
+    rows = test.to_list()[:6]
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    calls = []
+    batched = policy._batched
+    policy._batched = lambda p, r, modulation, b: calls.append(modulation is None) or batched(p, r, modulation, b)
+    first = policy.score(prompts, responses, context=[])
+    second = policy.score(prompts, responses, context=rows[:3])
+    assert calls.count(True) == 1  # the reference pass ran once for both scores
+    with trainer.model.disable_adapter():
+        expected = policy._sequence_log_probs(*policy._completion_batch(prompts, responses))
+    torch.testing.assert_close(policy.reference_log_probs(prompts, responses), expected)
+    assert not torch.equal(first, second)

@@ -169,5 +169,19 @@ class SteerablePolicy(SteerableModel):
             latent = self.latent(context)
         prompts, responses = list(prompts), list(responses)
         policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
-        reference = self._batched(prompts, responses, None, batch_size)
-        return self.fssa_config.get("beta", 1.0) * (policy - reference)
+        return self.fssa_config.get("beta", 1.0) * (policy - self.reference_log_probs(prompts, responses, batch_size))
+
+    @torch.no_grad()
+    def reference_log_probs(self, prompts: Sequence, responses: Sequence, batch_size: int = 8) -> torch.Tensor:
+        """log pi_ref(y | x) `(N,)`: the base model with adapters (and so modulation) off. It does not depend on the
+        user, and the base is frozen, so each (prompt, response) is computed once per instance and then reused (an
+        evaluation scores every pair once per context size)."""
+        cache = self.__dict__.setdefault("_reference_cache", {})
+        keys = [(repr(p), repr(r)) for p, r in zip(prompts, responses, strict=True)]
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+        if missing:
+            index = {k: i for i, k in enumerate(keys)}
+            rows = [index[k] for k in missing]
+            values = self._batched([prompts[i] for i in rows], [responses[i] for i in rows], None, batch_size)
+            cache.update(zip(missing, values, strict=True))
+        return torch.stack([cache[k] for k in keys])

@@ -198,7 +198,7 @@ def make_embedder(args, model: nn.Module | None, tokenizer) -> TextEmbedder | No
     return TextEmbedder.from_pretrained(args.context_embedding, **kwargs)
 
 
-def embedding_dim(store: ContextEmbeddingStore, embedder: TextEmbedder | None, dataset) -> int:
+def embedding_dim(embedder: TextEmbedder | None, dataset) -> int:
     if embedder is not None:
         config = getattr(embedder.model, "config", None)
         hidden = getattr(config.get_text_config(), "hidden_size", None) if config is not None else None

@@ -148,8 +148,9 @@ class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
         """The policy being trained, as a [`SteerablePolicy`] (shares weights, embedder and hooks)."""
         from ..modeling.policy import SteerablePolicy
 
-        config = {**self.fssa_config(), "beta": self.args.beta}
-        return SteerablePolicy(self.model, self.processing_class, config, self._store.embedder, self._modulator)
+        return SteerablePolicy(
+            self.model, self.processing_class, self.fssa_config(), self._store.embedder, self._modulator
+        )
 
     def fssa_config(self):
         return {**super().fssa_config(), "beta": self.args.beta}

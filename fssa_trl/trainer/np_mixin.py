@@ -69,7 +69,7 @@ class NPTrainerMixin:
             )
         self._modulator = LoRAModulator(self.model, "default", head_module=head)
         self._store = build_store(args, make_embedder(args, self.model, self.processing_class))
-        dim = embedding_dim(self._store, self._store.embedder, train_dataset)
+        dim = embedding_dim(self._store.embedder, train_dataset)
         hypernetwork = dict(
             latent_dim=args.latent_dim,
             num_layers=self._modulator.num_layers,

@@ -145,7 +145,7 @@ class NPRewardTrainer(NPTrainerMixin, RewardTrainer):
         embedder, processing_class = self._frozen_backbone_embedder(model, args, processing_class)
         args.model_init_kwargs = None  # consumed by the embedder; the trained model is built here
         self._store = build_store(args, embedder)
-        dim = embedding_dim(self._store, embedder, train_dataset)
+        dim = embedding_dim(embedder, train_dataset)
         decoder = dict(
             embedding_dim=dim,
             latent_dim=args.latent_dim,
