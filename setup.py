@@ -3,7 +3,7 @@ import re
 
 from setuptools import find_packages, setup
 
-with open("fssa_trl/__init__.py", encoding="utf-8") as f:
+with open("fssa_trl/version.py", encoding="utf-8") as f:
     version = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
 with open("README.md", encoding="utf-8") as f:

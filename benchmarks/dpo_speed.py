@@ -19,7 +19,7 @@ Measurement. The trainers run one at a time: each is built, trained for `--warmu
 optimizer steps, and freed (`del`, `gc.collect()`, `torch.cuda.empty_cache()`) before the next is built, so each
 has the device to itself. `--repeats` rounds alternate the order (plain, np, then np, plain, ...), so drift falls
 evenly on both. Gradient checkpointing (TRL's default, non-reentrant: `NPDPOTrainer` rejects reentrant) is measured
-on, then off. Timing and memory reuse `benchmarks/speed.py`'s `StepMeter` callback: a step is `on_step_begin` ->
+on, then off. Timing and memory use the shared `benchmarks.harness.StepMeter` callback: a step is `on_step_begin` ->
 `on_step_end` (forward, reference forward, backward, clipping, optimizer step); the cycle adds fetching and collating
 the batch. On CUDA the clock is wall time after `torch.cuda.synchronize()`; on CPU it is process CPU time with one
 intra-op thread (robust to other processes on a shared machine; wall time is recorded too). Medians over all
@@ -37,8 +37,8 @@ Peak memory (`peak MB`):
 on an H100; runs beyond the first plain/np pair are skipped once `--budget_s` would be exceeded; the CPU check below
 takes about 1.5 minutes on 2 busy cores)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/dpo_speed.py
-    HF_HUB_OFFLINE=1 python benchmarks/dpo_speed.py --device cpu --num_layers 2 --hidden_size 128 \\
+    python -m benchmarks.dpo_speed
+    python -m benchmarks.dpo_speed --device cpu --num_layers 2 --hidden_size 128 \\
         --intermediate_size 512 --num_heads 4 --num_kv_heads 2 --vocab_size 1000 --prompt_len 32 \\
         --completion_len 32 --steps 3 --output /tmp/dpo_speed_check.json   # CPU check
 
@@ -49,52 +49,52 @@ downloaded: the model is a random init and the tokenizer a word-level one built 
 
 from __future__ import annotations
 
+import argparse
+import logging
+import math
+import os
+import statistics
+import tempfile
 import time
+import weakref
+from typing import Any
 
-_STARTED = time.perf_counter()  # the budget counts imports too
+import datasets
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PrinterCallback
+from trl import DPOConfig, DPOTrainer
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import weakref  # noqa: E402
-from typing import Any  # noqa: E402
+from fssa_trl import NPDPOConfig, NPDPOTrainer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `speed.py` beside this file
+from .harness import (
+    LORA_TARGETS,
+    QWEN2_05B,
+    StepMeter,
+    free_memory,
+    markdown_table,
+    memory_allocated,
+    random_qwen2,
+    random_words,
+    run_stamp,
+    training_arguments,
+    word_tokenizer,
+    write_json,
+)
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig  # noqa: E402
-from speed import SPECIAL_TOKENS, StepMeter, machine_facts, word_tokenizer  # noqa: E402
-from transformers import PrinterCallback, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from trl import DPOConfig, DPOTrainer  # noqa: E402
-
-from fssa_trl import NPDPOConfig, NPDPOTrainer  # noqa: E402
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GOALS = {"step": 1.15, "peak": 1.10}
 KINDS = ("plain", "np")
 LABELS = {"plain": "DPOTrainer (TRL)", "np": "NPDPOTrainer, precomputed"}
 DEFAULT_BUDGET_S = 165.0  # CUDA: the whole script must finish within 3 minutes
+_STARTED = time.perf_counter()  # the budget counts from here (after the imports)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shape = parser.add_argument_group("model shape (defaults: Qwen/Qwen2-0.5B)")
-    shape.add_argument("--hidden_size", type=int, default=896)
-    shape.add_argument("--num_layers", type=int, default=24)
-    shape.add_argument("--num_heads", type=int, default=14)
-    shape.add_argument("--num_kv_heads", type=int, default=2)
-    shape.add_argument("--intermediate_size", type=int, default=4864)
-    shape.add_argument("--vocab_size", type=int, default=151936)
+    for name, default in QWEN2_05B.items():
+        shape.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--prompt_len", type=int, default=128, help="Tokens of every prompt.")
     parser.add_argument("--completion_len", type=int, default=128, help="Tokens of every completion (with EOS).")
     parser.add_argument(
@@ -158,15 +158,9 @@ def preference_dataset(args, num_pairs: int) -> Dataset:
     """`num_pairs` pairs of 4 users: prompts of `prompt_len` words, completions of `completion_len - 1` words (TRL
     appends EOS), one word per token, and random precomputed context embeddings of dimension `hidden_size`."""
     generator = torch.Generator().manual_seed(args.seed)
-    num_words = args.vocab_size - len(SPECIAL_TOKENS)  # `w0 .. w{num_words - 1}`: every id but pad/eos/unk
-
-    def texts(length: int) -> list[str]:
-        ids = torch.randint(0, num_words, (num_pairs, length), generator=generator)
-        return [" ".join(f"w{i}" for i in row) for row in ids.tolist()]
-
     # The prompt ends with a space so that "prompt + completion" splits into the same words.
-    prompts = [text + " " for text in texts(args.prompt_len)]
-    chosen, rejected = texts(args.completion_len - 1), texts(args.completion_len - 1)
+    prompts = [text + " " for text in random_words(num_pairs, args.prompt_len, args.vocab_size, generator)]
+    chosen, rejected = (random_words(num_pairs, args.completion_len - 1, args.vocab_size, generator) for _ in range(2))
     embeddings = torch.randn(2, num_pairs, args.hidden_size, generator=generator)
     return Dataset.from_dict(
         {
@@ -180,73 +174,11 @@ def preference_dataset(args, num_pairs: int) -> Dataset:
     )
 
 
-def build_model(args, device: torch.device) -> Qwen2ForCausalLM:
-    config = Qwen2Config(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_kv_heads,
-        max_position_embeddings=max(args.prompt_len + args.completion_len, 512),
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    torch.manual_seed(args.seed)
-    with device:
-        return Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-
-
-# ------------------------------------------------------------------------------------------------ measuring
-class PeakMeter(StepMeter):
-    """`speed.StepMeter`, plus on CUDA the absolute `max_memory_allocated` of every measured step (StepMeter resets
-    the peak counter at every step begin and keeps only the part above the level at step begin)."""
-
-    def __init__(self, device: torch.device, clock):
-        super().__init__(device, clock)
-        self.absolute_peak: list[int] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step - 1
-        super().on_step_end(args, state, control, **kwargs)  # synchronizes first
-        if self.device.type == "cuda" and self.warmup <= step < self.warmup + self.timed:
-            self.absolute_peak.append(torch.cuda.max_memory_allocated(self.device))
-
-
-def memory_allocated(device: torch.device) -> int:
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
 def build_trainer(kind: str, args, dataset: Dataset, tokenizer, device, gradient_checkpointing: bool, workdir: str):
     """One trainer and the seconds its construction took (model init excluded)."""
-    common = {
-        "output_dir": os.path.join(workdir, kind),
-        "report_to": "none",
-        "save_strategy": "no",
-        "logging_steps": 10**6,  # no logging inside the measured loop
-        "disable_tqdm": True,
-        "use_cpu": device.type == "cpu",
-        "bf16": bool(args.bf16),
-        "learning_rate": 1e-4,
-        "lr_scheduler_type": "constant",
-        "max_length": args.prompt_len + args.completion_len,  # nothing is truncated
-        "seed": args.seed,
-        "gradient_checkpointing": gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
-        "dataloader_num_workers": 0,
-    }
-    model = build_model(args, device)
+    max_length = args.prompt_len + args.completion_len  # nothing is truncated
+    common = training_arguments(args, device, os.path.join(workdir, kind), max_length, gradient_checkpointing)
+    model = random_qwen2(args, device, "causal_lm", max_length)
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -307,7 +239,7 @@ def run_one(kind: str, args, dataset, tokenizer, device, gradient_checkpointing:
     baseline = memory_allocated(device)
     trainer, init_s = build_trainer(kind, args, dataset, tokenizer, device, gradient_checkpointing, workdir)
     shapes = check_inputs(trainer, kind, args)
-    meter = PeakMeter(device, time.process_time if args.clock == "cpu" else time.perf_counter)
+    meter = StepMeter(device, time.process_time if args.clock == "cpu" else time.perf_counter)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(meter)
     meter.plan(args.warmup, args.steps, args.memory_steps)
@@ -389,25 +321,22 @@ def format_table(clock: str, report: dict[str, Any]) -> str:
         ("wall x", ">6"),
         ("peak x", ">6"),
     ]
-    lines = ["| " + " | ".join(f"{name:{align}}" for name, align in columns) + " |"]
-    lines.append("|" + "|".join("-" * (len(f"{name:{align}}") + 2) for name, align in columns) + "|")
-    for setting, results in report["results"].items():
-        for kind, r in results.items():
-            cells = [
-                "GC " + setting.rsplit(" ", 1)[-1],
-                LABELS[kind],
-                str(r["runs"]),
-                f"{statistics.median(r['init_s']):.2f}",
-                f"{r['step_ms_median']:.1f} ({r['step_ms_min']:.0f}-{r['step_ms_max']:.0f})",
-                f"{r['cycle_ms_median']:.1f}",
-                f"{r['step_wall_ms_median']:.1f}",
-                f"{r['peak_mb']:.1f}",
-                *(f"{r[key]:.3f}" if key in r else "-" for key in RATIO_COLUMNS),
-            ]
-            lines.append(
-                "| " + " | ".join(f"{cell:{align}}" for cell, (_, align) in zip(cells, columns, strict=True)) + " |"
-            )
-    return "\n".join(lines)
+    rows = [
+        [
+            "GC " + setting.rsplit(" ", 1)[-1],
+            LABELS[kind],
+            str(r["runs"]),
+            f"{statistics.median(r['init_s']):.2f}",
+            f"{r['step_ms_median']:.1f} ({r['step_ms_min']:.0f}-{r['step_ms_max']:.0f})",
+            f"{r['cycle_ms_median']:.1f}",
+            f"{r['step_wall_ms_median']:.1f}",
+            f"{r['peak_mb']:.1f}",
+            *(f"{r[key]:.3f}" if key in r else "-" for key in RATIO_COLUMNS),
+        ]
+        for setting, results in report["results"].items()
+        for kind, r in results.items()
+    ]
+    return markdown_table(columns, rows)
 
 
 # -------------------------------------------------------------------------------------------------- running
@@ -431,9 +360,7 @@ def warm_up(args, dataset, tokenizer, device, workdir: str) -> None:
 
 def write(report: dict[str, Any], output: str) -> None:
     report["total_s"] = time.perf_counter() - _STARTED
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(report, output)
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -450,11 +377,7 @@ def main(argv=None) -> dict[str, Any]:
     dataset = preference_dataset(args, 4 * args.pairs * math.ceil(steps_per_run / 4))  # 4 users, >= P pairs each
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.gradient_checkpointing]
     report = {
-        "command": " ".join(["python", *sys.argv]),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": str(device),
-        "machine": machine_facts(device),
-        "arguments": vars(args),
+        **run_stamp("dpo_speed", device, args),
         "goals": GOALS,
         "notes": (
             "np: NPDPOTrainer with exactly `context` context pairs per episode and precomputed context embeddings "

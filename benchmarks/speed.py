@@ -39,8 +39,8 @@ largest amount allocated above the level at `on_step_begin` during the step:
 Gradient checkpointing is measured on (TRL's default, non-reentrant: `NPRewardTrainer` rejects reentrant) and
 off. Run (about 15 minutes on 2 busy CPU cores; the GPU preset should take 1-2 minutes on one H100)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/speed.py
-    HF_HUB_OFFLINE=1 python benchmarks/speed.py --preset gpu-0.5b --steps 20   # Qwen2-0.5B shape, bf16, CUDA
+    python -m benchmarks.speed
+    python -m benchmarks.speed --preset gpu-0.5b --steps 20   # Qwen2-0.5B shape, bf16, CUDA
 
 It prints a table with the NP/plain ratios and writes `benchmarks/results/speed_<device>.json`. Nothing is
 downloaded: the model is a random init of the preset's shape and the tokenizer a word-level one built in code.
@@ -50,27 +50,34 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import datasets
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import PrinterCallback, Qwen2Config, Qwen2ForSequenceClassification, TrainerCallback
+from transformers import PrinterCallback
 from trl import RewardConfig, RewardTrainer
 
 from fssa_trl import NPRewardConfig, NPRewardTrainer
+
+from .harness import (
+    LORA_TARGETS,
+    QWEN2_05B,
+    StepMeter,
+    markdown_table,
+    random_qwen2,
+    random_words,
+    run_stamp,
+    training_arguments,
+    word_tokenizer,
+    write_json,
+)
 
 PRESETS = {
     # Small enough for a 2-core CPU; the LoRA, batch and sequence layout are those of the GPU preset.
@@ -91,12 +98,7 @@ PRESETS = {
     },
     # The shape of Qwen/Qwen2-0.5B, randomly initialised.
     "gpu-0.5b": {
-        "hidden_size": 896,
-        "num_layers": 24,
-        "num_heads": 14,
-        "num_kv_heads": 2,
-        "intermediate_size": 4864,
-        "vocab_size": 151936,
+        **QWEN2_05B,
         "seq_len": 256,
         "pairs": 16,
         "bf16": True,
@@ -106,8 +108,6 @@ PRESETS = {
         "threads": None,
     },
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 GOAL = 1.10
 LABELS = {
     "plain": "RewardTrainer (TRL)",
@@ -158,24 +158,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------------- inputs
-def word_tokenizer(vocab_size: int):
-    """Whitespace word-level tokenizer over `w0 .. w{V-4}` plus pad/eos/unk: one word is one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i + len(SPECIAL_TOKENS) for i in range(vocab_size - len(SPECIAL_TOKENS))})
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
 def preference_dataset(num_pairs: int, seq_len: int, vocab_size: int, dim: int, seed: int) -> Dataset:
     """`num_pairs` pairs of 4 users, every response `seq_len - 1` words (TRL appends EOS), with random precomputed
     embeddings of dimension `dim` for the NP trainer's context."""
     generator = torch.Generator().manual_seed(seed)
-    words = torch.randint(0, vocab_size - len(SPECIAL_TOKENS), (2, num_pairs, seq_len - 1), generator=generator)
-    chosen, rejected = ([" ".join(f"w{i}" for i in row) for row in side.tolist()] for side in words)
+    chosen, rejected = (random_words(num_pairs, seq_len - 1, vocab_size, generator) for _ in range(2))
     embeddings = torch.randn(2, num_pairs, dim, generator=generator)
     return Dataset.from_dict(
         {
@@ -188,154 +175,10 @@ def preference_dataset(num_pairs: int, seq_len: int, vocab_size: int, dim: int, 
     )
 
 
-def build_model(args, device: torch.device) -> Qwen2ForSequenceClassification:
-    config = Qwen2Config(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_kv_heads,
-        max_position_embeddings=max(args.seq_len, 512),
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-        num_labels=1,
-    )
-    torch.manual_seed(args.seed)
-    with device:
-        return Qwen2ForSequenceClassification._from_config(
-            config, dtype=torch.bfloat16 if args.bf16 else torch.float32
-        )
-
-
-# ------------------------------------------------------------------------------------------------ measuring
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind `tensors` (shared and tied tensors counted once)."""
-    seen = {}
-    for tensor in tensors:
-        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
-            storage = tensor.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
-def static_bytes(model: torch.nn.Module, optimizer) -> int:
-    """Parameters, buffers and optimizer state of one trainer."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if optimizer is not None:
-        tensors += [v for state in optimizer.state.values() for v in state.values()]
-    return storage_bytes(tensors)
-
-
-def profiled_peak(profiler, device: torch.device) -> int:
-    """Peak of the running sum of the allocations and frees on `device` that `profiler` recorded."""
-    device_type = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
-    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events = [e for e in events if e.device_type() == device_type]
-    running = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
-class StepMeter(TrainerCallback):
-    """Times optimizer steps and measures their peak memory (see the module docstring)."""
-
-    def __init__(self, device: torch.device, clock):
-        self.device = device
-        self.clock = clock  # the clock of `step_ms` and `cycle_ms`; `step_wall_ms` is always wall time
-        self.step_ms: list[float] = []
-        self.cycle_ms: list[float] = []
-        self.step_wall_ms: list[float] = []
-        self.step_peak: list[int] = []
-        self.memory_check: list[dict[str, int]] = []  # CUDA: profiler method vs allocator counter, same step
-        self.static: int | None = None
-        self.plan(0, 0, 0)
-
-    def plan(self, warmup: int, timed: int, profiled: int) -> None:
-        """The next `train()` call: `warmup` unmeasured steps, `timed` timed steps, then `profiled` memory steps."""
-        self.warmup, self.timed, self.profiled = warmup, timed, profiled
-        self._last_end = None
-        self._profiler = None
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        step = state.global_step
-        if step >= self.warmup and self.static is None:
-            self.static = static_bytes(model, optimizer)
-        self._sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._allocated = torch.cuda.memory_allocated(self.device)
-        if step >= self.warmup + self.timed:
-            try:
-                self._profiler = torch.profiler.profile(
-                    activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-                )
-                self._profiler.start()
-            except Exception as error:  # on CUDA the profiler only checks the method: never lose the run to it
-                if self.device.type != "cuda":
-                    raise
-                self._profiler = None
-                self.memory_check.append({"error": repr(error)})
-        self._begin, self._begin_wall = self.clock(), time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._sync()
-        end, end_wall = self.clock(), time.perf_counter()
-        step = state.global_step - 1  # global_step was incremented before on_step_end
-        cuda_peak = None
-        if self.device.type == "cuda":
-            cuda_peak = torch.cuda.max_memory_allocated(self.device) - self._allocated
-        if self._profiler is not None:
-            profiler, self._profiler = self._profiler, None
-            if cuda_peak is None:
-                profiler.stop()
-                self.step_peak.append(profiled_peak(profiler, self.device))
-            else:  # the CPU method, checked against the allocator's own counter on the same step
-                try:
-                    profiler.stop()
-                    check = {"profiler_bytes": profiled_peak(profiler, self.device)}
-                except Exception as error:
-                    check = {"error": repr(error)}
-                self.memory_check.append({**check, "max_memory_allocated_bytes": cuda_peak})
-        elif self.warmup <= step < self.warmup + self.timed:
-            self.step_ms.append(1000 * (end - self._begin))
-            self.step_wall_ms.append(1000 * (end_wall - self._begin_wall))
-            if self._last_end is not None:
-                self.cycle_ms.append(1000 * (end - self._last_end))
-            if cuda_peak is not None:
-                self.step_peak.append(cuda_peak)
-        self._last_end = end
-
-
 def build_trainer(kind: str, args, dataset: Dataset, tokenizer, device, gradient_checkpointing: bool, workdir: str):
     """One trainer and the seconds its construction took (dataset preparation, context embedding, LoRA)."""
-    common = {
-        "output_dir": os.path.join(workdir, kind),
-        "report_to": "none",
-        "save_strategy": "no",
-        "logging_steps": 10**6,  # no logging inside the measured loop
-        "disable_tqdm": True,
-        "use_cpu": device.type == "cpu",
-        "bf16": bool(args.bf16),
-        "learning_rate": 1e-4,
-        "lr_scheduler_type": "constant",
-        "max_length": args.seq_len,
-        "seed": args.seed,
-        "gradient_checkpointing": gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
-        "dataloader_num_workers": 0,
-    }
-    model = build_model(args, device)
+    common = training_arguments(args, device, os.path.join(workdir, kind), args.seq_len, gradient_checkpointing)
+    model = random_qwen2(args, device, "reward", args.seq_len)
     peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, target_modules=LORA_TARGETS)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -460,10 +303,8 @@ def format_table(setting: str, clock: str, results: dict[str, Any]) -> str:
         ("peak x", ">6"),
         ("step peak x", ">11"),
     ]
-    lines = ["| " + " | ".join(f"{name:{align}}" for name, align in columns) + " |"]
-    lines.append("|" + "|".join("-" * (len(f"{name:{align}}") + 2) for name, align in columns) + "|")
-    for kind, r in results.items():
-        cells = [
+    rows = [
+        [
             LABELS[kind],
             f"{r['init_s']:.2f}",
             f"{r['step_ms_median']:.1f} ({r['step_ms_min']:.0f}-{r['step_ms_max']:.0f})",
@@ -477,10 +318,9 @@ def format_table(setting: str, clock: str, results: dict[str, Any]) -> str:
             f"{r['ratio_peak_mb']:.3f}",
             f"{r['ratio_step_peak_mb']:.3f}",
         ]
-        lines.append(
-            "| " + " | ".join(f"{cell:{align}}" for cell, (_, align) in zip(cells, columns, strict=True)) + " |"
-        )
-    return "\n".join(lines)
+        for kind, r in results.items()
+    ]
+    return markdown_table(columns, rows)
 
 
 def memory_check_lines(results: dict[str, Any]) -> str:
@@ -498,27 +338,6 @@ def memory_check_lines(results: dict[str, Any]) -> str:
     return "".join("\n" + line for line in lines)
 
 
-def machine_facts(device: torch.device) -> dict[str, Any]:
-    import peft
-    import transformers
-    import trl
-
-    facts = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "peft": peft.__version__,
-    }
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-    return facts
-
-
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -534,11 +353,7 @@ def main(argv=None) -> dict[str, Any]:
     dataset = preference_dataset(steps_per_round * args.pairs, args.seq_len, args.vocab_size, args.hidden_size, 0)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.gradient_checkpointing]
     report = {
-        "command": " ".join(["python", *sys.argv]),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": str(device),
-        "machine": machine_facts(device),
-        "arguments": vars(args),
+        **run_stamp("speed", device, args),
         "notes": (
             "np rows use context embeddings cached before training (precomputed columns, or the base model at "
             "construction for np-base): their per-step cost is the steady state. Ratios are NP / plain RewardTrainer."
@@ -569,9 +384,7 @@ def main(argv=None) -> dict[str, Any]:
         f"Goals: step x <= {GOAL:.2f}, peak x <= {GOAL:.2f}. Total {report['total_s']:.0f} s."
     )
     output = args.output or os.path.join(os.path.dirname(__file__), "results", f"speed_{device.type}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(report, output)
     print(f"Wrote {output}")
     return report
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """The synthetic experiment of [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998) (its first
-table), run through `NPRewardTrainer` on the frozen-embedding fast path.
+table), run through `NPEmbeddingRewardTrainer` (the frozen-embedding reward model).
 
 Task. An option is a number y ~ U(0, 1), used as its own 1-d "embedding" (`chosen_embedding=[y_chosen]`). A pair
 holds two options; the user picks the one with the larger reward, where the reward depends on the user's type z:
@@ -14,13 +14,13 @@ validation / test, by row order; every row is i.i.d.).
 
 Users. The paper's "user" is anyone whose choices share one z, so the two types are the two users here: `user_id` is
 `"z=0"` or `"z=1"`, drawn uniformly per pair (about 8000 training pairs each). A training episode is `num_targets`
-pairs of one type with a random context subset of 0-10 of them (built by `NPRewardTrainer`); the paper's episodes are
+pairs of one type with a random context subset of 0-10 of them (built by the trainer); the paper's episodes are
 likewise sets of pairs that share one z. Evaluation is `fssa_trl.evaluate_few_shot` on the test split: each test pair
 is scored under the latent of C other test pairs of the same type (contexts disjoint from targets), here with one
 context draw per pair and 3 independent draws pooled (see `EVAL_CONTEXT_DRAWS`).
 
-Methods, all `NPRewardTrainer(model=None, args=NPRewardConfig(frozen_backbone=True,
-context_embedding="precomputed", ...))` with the same `TRAINING` settings:
+Methods, all `NPEmbeddingRewardTrainer(model=None, args=NPEmbeddingRewardConfig(context_embedding="precomputed",
+...))` with the same `TRAINING` settings:
 
 - NP-BTL: the conditional neural process (deterministic latent, `latent_dim=8`, mean aggregation), trained with
   context sizes 0..10.
@@ -29,10 +29,10 @@ context_embedding="precomputed", ...))` with the same `TRAINING` settings:
   trained), i.e. one Bradley-Terry reward model for everyone, context-free by construction.
 - DPL: as BTL with `reward_head="dpl"` (mean-and-variance head, p(a > b) = Phi((mu_a - mu_b) / sqrt(s_a^2 + s_b^2))).
 
-Run (about 1.5 minutes per seed on 2 CPU cores)::
+Run (about 1.5 minutes per seed on 2 CPU cores; nothing is downloaded)::
 
-    HF_HUB_OFFLINE=1 python benchmarks/synthetic.py                # seed 0
-    HF_HUB_OFFLINE=1 python benchmarks/synthetic.py --seeds 0 1    # the BENCHMARKS.md run: run-to-run variation
+    python -m benchmarks.synthetic                # seed 0
+    python -m benchmarks.synthetic --seeds 0 1    # the BENCHMARKS.md run: run-to-run variation
 
 It prints a table like the paper's and writes `benchmarks/results/synthetic.json`.
 """
@@ -48,14 +48,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset, DatasetDict
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from datasets import Dataset, DatasetDict  # noqa: E402
-
-from fssa_trl import FewShotResults, NPRewardConfig, NPRewardTrainer, evaluate_few_shot  # noqa: E402
+from fssa_trl import FewShotResults, NPEmbeddingRewardConfig, NPEmbeddingRewardTrainer, evaluate_few_shot
 
 CONTEXT_SIZES = (0, 1, 3, 5, 10)
 METHODS = ("BTL", "DPL", "NP-BTL")
@@ -122,14 +120,13 @@ def synthetic_preferences(num_pairs: int = 20000, seed: int = 0, split: Sequence
     )
 
 
-def synthetic_config(method: str, output_dir: str, seed: int = 0, **overrides) -> NPRewardConfig:
-    """The `NPRewardConfig` of one method (`"NP-BTL"`, `"BTL"` or `"DPL"`); `overrides` replace any field."""
+def synthetic_config(method: str, output_dir: str, seed: int = 0, **overrides) -> NPEmbeddingRewardConfig:
+    """The `NPEmbeddingRewardConfig` of one method (`"NP-BTL"`, `"BTL"` or `"DPL"`); `overrides` replace any field."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     context_free = method != "NP-BTL"
     kwargs = dict(
         output_dir=output_dir,
-        frozen_backbone=True,
         context_embedding="precomputed",
         reward_head="dpl" if method == "DPL" else "btl",
         max_context=0 if context_free else 10,
@@ -138,7 +135,6 @@ def synthetic_config(method: str, output_dir: str, seed: int = 0, **overrides) -
         seed=seed,
         data_seed=seed,
         use_cpu=True,
-        bf16=False,
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
@@ -148,7 +144,7 @@ def synthetic_config(method: str, output_dir: str, seed: int = 0, **overrides) -
         **TRAINING,
     )
     kwargs.update(overrides)
-    return NPRewardConfig(**kwargs)
+    return NPEmbeddingRewardConfig(**kwargs)
 
 
 def train_and_evaluate(
@@ -164,7 +160,7 @@ def train_and_evaluate(
     (`eval_context_draws` context draws per pair, pooled); returns the results and the training time in seconds."""
     with tempfile.TemporaryDirectory() as output_dir:
         args = synthetic_config(method, output_dir, seed=seed, **overrides)
-        trainer = NPRewardTrainer(model=None, args=args, train_dataset=data["train"])
+        trainer = NPEmbeddingRewardTrainer(model=None, args=args, train_dataset=data["train"])
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -1,5 +1,6 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""Train a few-shot steerable reward model (NP-BTL) beside a plain TRL reward model (BTL), and compare them.
+"""Train a few-shot steerable reward model on frozen embeddings (NP-BTL, `NPEmbeddingRewardTrainer`) beside a plain
+TRL reward model (BTL, `RewardTrainer` with LoRA), and compare them.
 
 With no arguments it runs offline on the embedded default: real PandaLM responses with two user groups whose
 preferences conflict on every pair ("concise" and "detailed", see fssa_trl/resources/default_preferences/SOURCE.md),
@@ -11,13 +12,14 @@ group for both models and saves the same as a PNG plot.
 accelerate launch examples/train_np_reward.py
 ```
 
-Like TRL's `trl/scripts/reward.py`, it also trains on any hub model and dataset (a `user_id` column is required):
+It also trains on any backbone and dataset (a `user_id` column is required); the backbone stays frozen:
 
 ```
 accelerate launch examples/train_np_reward.py \
-    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name <org>/<dataset> \
-    --use_peft --lora_task_type SEQ_CLS --lora_r 16 --output_dir np-rm
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name <org>/<dataset> --output_dir np-rm
 ```
+
+To train LoRA reward models (the backbone trains too) use `examples/train_np_reward_lora.py`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import sys
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
-from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, TrlParser
 
-from fssa_trl import NPRewardConfig, NPRewardTrainer, SteerableRewardModel, evaluate_few_shot
+from fssa_trl import ContextFreeRewardModel, NPEmbeddingRewardConfig, NPEmbeddingRewardTrainer, evaluate_few_shot
 from fssa_trl.evaluation import plot_few_shot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,26 +117,29 @@ def train_baseline(model_path, training_args, comparison, train_dataset, tokeniz
         ),
     )
     trainer.train()
-    return SteerableRewardModel(trainer.model, trainer.processing_class)
+    return ContextFreeRewardModel(trainer.model, trainer.processing_class)
 
 
 def main(script_args, training_args, model_args, comparison):
+    if model_args.use_peft:
+        raise ValueError(
+            "This script trains the frozen-embedding reward model (the backbone is not trained): drop --use_peft, or "
+            "train a LoRA reward model with examples/train_np_reward_lora.py."
+        )
     model_path = model_args.model_name_or_path or default_model_path()
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
     train_dataset, test_dataset = load_data(script_args)
 
-    trainer = NPRewardTrainer(
+    trainer = NPEmbeddingRewardTrainer(
         model=model_path,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=test_dataset if training_args.eval_strategy != "no" else None,
-        peft_config=None if training_args.frozen_backbone else get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -158,7 +163,7 @@ def main(script_args, training_args, model_args, comparison):
 
 
 def make_parser():
-    return TrlParser((ScriptArguments, NPRewardConfig, ModelConfig, ComparisonArguments))
+    return TrlParser((ScriptArguments, NPEmbeddingRewardConfig, ModelConfig, ComparisonArguments))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,44 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """fssa_trl: few-shot steerable alignment (NP-BTL reward models, NP-DPO policies) on top of TRL and PEFT."""
 
-__version__ = "0.1.0.dev0"
-
-from .data import DataCollatorForContextSets, users_from_attributes  # noqa: E402
-from .evaluation import FewShotResults, evaluate_few_shot  # noqa: E402
-from .modeling import SteerablePolicy, SteerableRewardModel, fold_latent_into_lora  # noqa: E402
-from .trainer import NPDPOConfig, NPDPOTrainer, NPRewardConfig, NPRewardTrainer  # noqa: E402
+from .data import DataCollatorForContextSets, users_from_attributes
+from .evaluation import FewShotResults, evaluate_few_shot
+from .modeling import (
+    ContextFreeRewardModel,
+    SteerableEmbeddingRewardModel,
+    SteerableLoRARewardModel,
+    SteerablePolicy,
+    SteerableRewardModel,
+    fold_latent_into_lora,
+    gated_lora_config,
+)
+from .trainer import (
+    NPDPOConfig,
+    NPDPOTrainer,
+    NPEmbeddingRewardConfig,
+    NPEmbeddingRewardTrainer,
+    NPRewardConfig,
+    NPRewardTrainer,
+)
+from .version import __version__
 
 __all__ = [
+    "ContextFreeRewardModel",
     "DataCollatorForContextSets",
     "FewShotResults",
     "NPDPOConfig",
     "NPDPOTrainer",
+    "NPEmbeddingRewardConfig",
+    "NPEmbeddingRewardTrainer",
     "NPRewardConfig",
     "NPRewardTrainer",
+    "SteerableEmbeddingRewardModel",
+    "SteerableLoRARewardModel",
     "SteerablePolicy",
     "SteerableRewardModel",
+    "__version__",
     "evaluate_few_shot",
     "fold_latent_into_lora",
+    "gated_lora_config",
     "users_from_attributes",
 ]

@@ -118,16 +118,11 @@ def plot_few_shot(results: Sequence[FewShotResults], path: str, title: str | Non
 def _target_rewards(model, dataset, episodes, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(chosen, rejected) rewards of every episode's targets under the latent of its context."""
     prompts = list(dataset["prompt"]) if "prompt" in dataset.column_names else [""] * len(dataset)
-    precomputed = model.mode != "plain" and model.embedder is None and model.mode == "embedding"
-    if precomputed:
+    embedded_targets = model.scores_embeddings  # responses given to `score` as precomputed embeddings
+    if embedded_targets:
         chosen_col, rejected_col = list(dataset["chosen_embedding"]), list(dataset["rejected_embedding"])
     else:
         chosen_col, rejected_col = list(dataset["chosen"]), list(dataset["rejected"])
-
-    def context_of(rows):
-        if precomputed:
-            return [{"chosen_embedding": chosen_col[i], "rejected_embedding": rejected_col[i]} for i in rows]
-        return [{"prompt": prompts[i], "chosen": chosen_col[i], "rejected": rejected_col[i]} for i in rows]
 
     def scores(rows, latent):
         targets_p = [prompts[i] for i in rows]
@@ -135,10 +130,21 @@ def _target_rewards(model, dataset, episodes, batch_size: int) -> list[tuple[tor
         rejected = model.score(targets_p, [rejected_col[i] for i in rows], latent=latent, batch_size=batch_size)
         return chosen, rejected
 
-    if model.mode == "plain":  # context-free: score every pair once
-        everything = list(range(len(dataset)))
-        chosen, rejected = scores(everything, None)
+    if model.is_context_free:  # score every pair once
+        chosen, rejected = scores(list(range(len(dataset))), None)
         return [(chosen[e.target_rows], rejected[e.target_rows]) for e in episodes]
+
+    if model.embedder is None:  # contexts as precomputed embeddings
+        context_chosen, context_rejected = list(dataset["chosen_embedding"]), list(dataset["rejected_embedding"])
+
+        def context_of(rows):
+            return [{"chosen_embedding": context_chosen[i], "rejected_embedding": context_rejected[i]} for i in rows]
+
+    else:
+
+        def context_of(rows):
+            return [{"prompt": prompts[i], "chosen": chosen_col[i], "rejected": rejected_col[i]} for i in rows]
+
     return [scores(e.target_rows, model.latent(context_of(e.context_rows))) for e in episodes]
 
 
@@ -161,8 +167,9 @@ def evaluate_few_shot(
     every pair is scored once per context size. Accuracy is computed with an `evaluate` metric ([`FewShotAccuracy`]).
 
     Args:
-        model ([`SteerableRewardModel`] or [`NPRewardTrainer`]): the model; a trainer is evaluated through
-            `trainer.steerable_model()`. A `SteerableRewardModel` wrapping a plain reward model gives a baseline.
+        model ([`SteerableRewardModel`], [`SteerablePolicy`] or an NP trainer): the model; a trainer is evaluated
+            through `trainer.steerable_model()`. A [`ContextFreeRewardModel`] wrapping a plain reward model gives a
+            baseline.
         dataset (`Dataset`): preference pairs (`prompt`, `chosen`, `rejected`, the user column); with precomputed
             embeddings, `chosen_embedding` and `rejected_embedding`.
         context_sizes (`Sequence[int]`): context sizes to evaluate.

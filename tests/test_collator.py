@@ -4,7 +4,7 @@
 import torch
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from fssa_trl.data import CONTEXT_KEYS, DataCollatorForContextSets
+from fssa_trl.data import CONTEXT_KEYS, DataCollatorForContextSets, right_pad
 
 TABLE = torch.arange(8.0).view(4, 2)  # 4 distinct embeddings, D=2
 
@@ -116,3 +116,16 @@ def test_embedding_table_is_read_at_call_time():
     table["t"] = TABLE * 10  # the store may grow after the collator is built (eval sets embedded later)
     batch = collator(docstring_episodes())
     torch.testing.assert_close(batch["context_chosen_embeddings"][0, 0], TABLE[0] * 10)
+
+
+def test_margin_without_token_collator():
+    """Frozen-embedding episodes carry no tokens; a `margin` column still reaches the batch, one value per target."""
+    episodes = docstring_episodes()
+    episodes[0]["margin"], episodes[1]["margin"] = [0.5, -1.0], [2.0]
+    batch = DataCollatorForContextSets(lambda: TABLE, include_target_embeddings=True)(episodes)
+    torch.testing.assert_close(batch["margin"], torch.tensor([0.5, -1.0, 2.0]))
+    assert "input_ids" not in batch
+
+
+def test_right_pad():
+    torch.testing.assert_close(right_pad([[1, 2, 3], [4]], padding_value=9), torch.tensor([[1, 2, 3], [4, 9, 9]]))

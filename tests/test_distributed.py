@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from fssa_trl import SteerablePolicy, SteerableRewardModel
-from fssa_trl.modeling.np_modules import NPModules
+from fssa_trl.modeling import NPModules, SteerableConfig
 from fssa_trl.testing_utils import style_preference_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def test_accelerate_recipes_load():
     assert config.deepspeed_config["zero_stage"] == 3 and config.mixed_precision == "no"
 
 
-def assert_zero3_trained_as_single(output_dir: Path, single_dir: Path, kind: str, steps: int) -> dict:
-    """What ran was ZeRO-3 on 2 processes, it saved a complete `kind` model whose zero-initialised hypernetwork output
+def assert_zero3_trained_as_single(output_dir: Path, single_dir: Path, model_type: str, steps: int) -> dict:
+    """What ran was ZeRO-3 on 2 processes, it saved a complete `model_type` model whose zero-initialised hypernetwork output
     layer (gates = 1 at init) was trained, and it trained exactly what one process trains on the same global batches
     (NP modules included). Returns the run's `run_info.json`."""
     info = json.loads((output_dir / "run_info.json").read_text())
@@ -109,9 +109,9 @@ def assert_zero3_trained_as_single(output_dir: Path, single_dir: Path, kind: str
     for name in ("fssa_config.json", "fssa_np.safetensors", "adapter_model.safetensors"):
         assert (output_dir / name).is_file(), name
 
-    config = json.loads((output_dir / "fssa_config.json").read_text())
-    assert config["kind"] == kind
-    fresh = NPModules(**config["np_modules"]).state_dict()
+    config = SteerableConfig.from_pretrained(str(output_dir))
+    assert config.model_type == model_type
+    fresh = NPModules.from_config(config).state_dict()
     trained = load_file(output_dir / "fssa_np.safetensors")
     assert trained.keys() == fresh.keys()
     zero_init = [k for k, v in fresh.items() if k.startswith("hypernetwork.") and not v.any()]
@@ -142,7 +142,7 @@ def assert_scores(model, reference, context, prompts, responses) -> None:
 
 def test_np_reward_zero3_cpu(zero3_run):
     output_dir = zero3_run / "zero3"
-    info = assert_zero3_trained_as_single(output_dir, zero3_run / "single", kind="reward", steps=4)
+    info = assert_zero3_trained_as_single(output_dir, zero3_run / "single", model_type="np_lora_reward_model", steps=4)
     assert 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
 
     # The saved model loads in one process (base found by path) and scores with and without a context.
@@ -179,7 +179,7 @@ def test_np_dpo_zero3_cpu(dpo_zero3_run):
     """The policy side: TRL's DPO loss with the adapter-off reference pass, and the implicit-reward accuracy gathered
     over processes, under ZeRO-3; the saved policy then generates and scores in one process."""
     output_dir = dpo_zero3_run / "zero3"
-    info = assert_zero3_trained_as_single(output_dir, dpo_zero3_run / "single", kind="policy", steps=3)
+    info = assert_zero3_trained_as_single(output_dir, dpo_zero3_run / "single", model_type="np_dpo_policy", steps=3)
     assert 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
 
     policy = SteerablePolicy.from_pretrained(str(output_dir))

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fssa_trl import FewShotResults, SteerableRewardModel, evaluate_few_shot
+from fssa_trl import ContextFreeRewardModel, FewShotResults, evaluate_few_shot
 from fssa_trl.evaluation import FewShotAccuracy, plot_few_shot
 from fssa_trl.testing_utils import style_preference_dataset, tiny_reward_model, word_tokenizer
 
@@ -59,8 +59,8 @@ def test_plot_few_shot_writes_a_png(tmp_path):
 
 def test_plain_reward_model_ignores_the_context():
     tokenizer = word_tokenizer()
-    model = SteerableRewardModel(tiny_reward_model(tokenizer), tokenizer)  # fssa_config=None: a plain baseline
-    assert model.mode == "plain"
+    model = ContextFreeRewardModel(tiny_reward_model(tokenizer), tokenizer)  # a plain baseline
+    assert model.is_context_free
     data = style_preference_dataset(10, seed=3)
     model.model.train()
     results = evaluate_few_shot(model, data, context_sizes=[0, 1, 3], num_targets=4, name="btl")
@@ -81,17 +81,17 @@ def test_plain_reward_model_ignores_the_context():
 
 def test_plain_scores_are_batch_independent():
     tokenizer = word_tokenizer()
-    model = SteerableRewardModel(tiny_reward_model(tokenizer).eval(), tokenizer)
+    model = ContextFreeRewardModel(tiny_reward_model(tokenizer).eval(), tokenizer)
     data = style_preference_dataset(4, seed=3)
     full = model.score(data["prompt"], data["chosen"], batch_size=8)
     torch.testing.assert_close(model.score(data["prompt"], data["chosen"], batch_size=3), full, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="A plain reward model has no latent"):
+    with pytest.raises(ValueError, match="A context-free reward model has no latent"):
         model.latent([])
 
 
 def test_missing_user_column_raises():
     tokenizer = word_tokenizer()
-    model = SteerableRewardModel(tiny_reward_model(tokenizer), tokenizer)
+    model = ContextFreeRewardModel(tiny_reward_model(tokenizer), tokenizer)
     data = style_preference_dataset(4).remove_columns("user_id")
     with pytest.raises(ValueError, match="no user column 'user_id'"):
         evaluate_few_shot(model, data)

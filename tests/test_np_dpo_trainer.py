@@ -165,10 +165,9 @@ def test_reference_is_the_base_model_without_a_second_copy(trained, tokenizer):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     batch = {k: v.to(trainer.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     trainer.model.eval()
-    with trainer._capture_log_probs() as captured, torch.no_grad():
+    with trainer.np_step(), trainer._capture_log_probs() as captured, torch.no_grad():
         trainer.compute_loss(trainer.model, dict(batch))
-    trainer._modulator.clear()
-    policy_logps, ref_logps = captured[0], captured[1]
+    policy_logps, ref_logps = captured["policy"], captured["reference"]
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
         logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -176,6 +175,46 @@ def test_reference_is_the_base_model_without_a_second_copy(trained, tokenizer):
     expected = expected * (labels[:, 1:] != -100)
     torch.testing.assert_close(ref_logps.sum(1), expected.sum(1), atol=1e-4, rtol=1e-5)
     assert not torch.allclose(policy_logps.sum(1), expected.sum(1), atol=1e-2)
+
+
+def test_accuracy_metric_does_not_rest_on_the_order_of_trl_forward_passes(trained):
+    """The implicit-reward accuracy reads the policy and the reference log-probs of TRL's forward passes. Each pass is
+    identified by whether the gates were active when it ran, so the metric is unchanged when the passes come in the
+    other order (an order-based reading would swap policy and reference here and get the opposite accuracy)."""
+    trainer, _ = trained
+    episodes = [trainer.eval_dataset[i] for i in range(4)] if trainer.eval_dataset else None
+    episodes = episodes or [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(episodes)
+    trainer.model.eval()
+
+    def metrics_of(captured, inputs, context) -> dict:
+        trainer._metrics["eval"].clear()
+        trainer._log_implicit_reward_accuracy("eval", captured, inputs, context)
+        trainer._np_flush_accuracy("eval")
+        return {k: v[0] for k, v in trainer._metrics["eval"].items()}
+
+    # TRL's order (policy, then reference), through TRL's own compute_loss.
+    inputs = dict(batch)
+    with trainer.np_step(), trainer._capture_log_probs() as in_trl_order, torch.no_grad():
+        trainer.compute_loss(trainer.model, inputs)
+    trainer._np_accuracy_counts.clear()
+    # The reverse order, run by hand with the same gates.
+    inputs = dict(batch)
+    context = trainer._np_pop_context(inputs)
+    labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+    with trainer.np_step(), trainer._capture_log_probs() as reversed_order, torch.no_grad():
+        trainer._np_modulate(context)
+        with trainer.model.disable_adapter():
+            trainer.model(**kwargs, labels=labels, fused_lm_head=True)  # reference first
+        trainer.model(**kwargs, labels=labels, fused_lm_head=True)  # then the policy
+    for key in ("policy", "reference"):
+        torch.testing.assert_close(reversed_order[key], in_trl_order[key])
+    expected = metrics_of(in_trl_order, inputs, context)
+    assert expected["accuracy_unseen"] > 0.5  # trained: the policy beats the reference on unseen pairs
+    assert metrics_of(reversed_order, inputs, context) == expected
+    swapped = {"policy": in_trl_order["reference"], "reference": in_trl_order["policy"]}
+    assert metrics_of(swapped, inputs, context) != expected
 
 
 def test_save_from_pretrained_greedy_generation_is_identical(trained, tmp_path):

@@ -10,7 +10,16 @@ from datasets import Dataset
 from peft import LoraConfig
 from trl import RewardConfig, RewardTrainer
 
-from fssa_trl import NPRewardConfig, NPRewardTrainer, SteerableRewardModel, evaluate_few_shot
+from fssa_trl import (
+    ContextFreeRewardModel,
+    NPEmbeddingRewardConfig,
+    NPRewardConfig,
+    NPRewardTrainer,
+    SteerableLoRARewardModel,
+    SteerableRewardModel,
+    evaluate_few_shot,
+)
+from fssa_trl.modeling import GatedLoraLinear
 from fssa_trl.testing_utils import style_preference_dataset, tiny_reward_model, word_tokenizer
 
 LORA = dict(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
@@ -123,7 +132,7 @@ def test_accuracy_rises_with_context_for_every_user(trained):
         assert results.accuracy(10, user) >= results.accuracy(0, user) + 0.15, user
         assert results.accuracy(10, user) >= 0.9, user
     # The plain BTL model cannot serve two opposite users: each stays near chance.
-    baseline = evaluate_few_shot(SteerableRewardModel(plain.model, plain.processing_class), test, name="BTL")
+    baseline = evaluate_few_shot(ContextFreeRewardModel(plain.model, plain.processing_class), test, name="BTL")
     print(baseline)
     for user in ("A", "B"):
         for size in (0, 10):
@@ -146,6 +155,7 @@ def test_save_and_from_pretrained_give_identical_rewards(trained, tokenizer, tmp
     assert not any(name.endswith((".bin", ".pt", ".pth")) and name != "training_args.bin" for name in saved)
 
     loaded = SteerableRewardModel.from_pretrained(str(tmp_path / "model"))
+    assert isinstance(loaded, SteerableLoRARewardModel)
     in_memory = trainer.steerable_model()
     rows = test.select(range(12))
     context = [
@@ -159,30 +169,6 @@ def test_save_and_from_pretrained_give_identical_rewards(trained, tokenizer, tmp
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     # The context steers: user A's context ranks A-style responses higher, and changes the scores.
     assert not torch.allclose(loaded.score(prompts, responses, context=context), loaded.score(prompts, responses))
-
-
-def test_frozen_backbone_save_and_load(tokenizer, data, tmp_path):
-    train, test = data
-    base = tiny_reward_model(tokenizer).model  # the Qwen2 body
-    base.save_pretrained(tmp_path / "encoder")
-    tokenizer.save_pretrained(tmp_path / "encoder")
-    args = np_config(tmp_path / "out", frozen_backbone=True, max_steps=5, context_embedding="base")
-    trainer = NPRewardTrainer(
-        model=str(tmp_path / "encoder"), args=args, train_dataset=train, processing_class=tokenizer
-    )
-    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == {
-        n for n, _ in trainer.model.named_parameters()
-    }
-    assert all(n.startswith("fssa_np.") for n, _ in trainer.model.named_parameters())
-    trainer.train()
-    trainer.save_model()
-    loaded = SteerableRewardModel.from_pretrained(str(tmp_path / "out"))
-    context = [
-        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in test.select(range(4))
-    ]
-    prompts, responses = list(test["prompt"][:6]), list(test["chosen"][:6])
-    expected = trainer.steerable_model().score(prompts, responses, context=context)
-    torch.testing.assert_close(loaded.score(prompts, responses, context=context), expected, atol=1e-6, rtol=0)
 
 
 def test_resume_restores_encoder_and_hypernetwork(tokenizer, data, tmp_path):
@@ -223,9 +209,9 @@ def test_gradient_checkpointing_same_loss_and_gradients(tokenizer, data, tmp_pat
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         batch = next(iter(trainer.get_train_dataloader()))
-        loss = trainer.compute_loss(model, dict(batch))
-        loss.backward()
-        trainer._modulator.clear()
+        with trainer.np_step():  # the gates live until backward has run (the checkpoint recompute reads them)
+            loss = trainer.compute_loss(model, dict(batch))
+            loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     loss_on, grads_on = loss_and_grads(True)
@@ -250,20 +236,6 @@ def test_reentrant_checkpointing_is_rejected(tokenizer, data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- bad input
-def _precomputed(rows, dim=4, users=("u1", "u2")):
-    g = torch.Generator().manual_seed(0)
-    return {
-        "chosen_embedding": torch.randn(rows, dim, generator=g).tolist(),
-        "rejected_embedding": torch.randn(rows, dim, generator=g).tolist(),
-        "user_id": [users[i % len(users)] for i in range(rows)],
-    }
-
-
-def _fast(tmp_path, train, eval_dataset=None, **kwargs):
-    args = np_config(tmp_path, frozen_backbone=True, context_embedding="precomputed", max_steps=1, **kwargs)
-    return NPRewardTrainer(model=None, args=args, train_dataset=train, eval_dataset=eval_dataset)
-
-
 def test_missing_user_column(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="user column 'user_id'"):
         make_trainer(tokenizer, data[0].remove_columns("user_id"), tmp_path)
@@ -298,23 +270,6 @@ def test_user_with_too_few_pairs_is_skipped_with_a_count(tokenizer, tmp_path, ca
     trainer = make_trainer(tokenizer, concatenate_datasets([style_preference_dataset(40), few]), tmp_path)
     assert "C" not in set(trainer.train_dataset["user"])
     assert "Skipped 1 of 3 users" in caplog.text
-
-
-def test_embedding_dimension_mismatch(tmp_path):
-    train = Dataset.from_dict(_precomputed(64, dim=4))
-    with pytest.raises(ValueError, match="dimension"):
-        _fast(tmp_path, train, eval_dataset=Dataset.from_dict(_precomputed(64, dim=3)), eval_context_sizes=[0, 1])
-    ragged = _precomputed(64, dim=4)
-    ragged["chosen_embedding"][5] = ragged["chosen_embedding"][5][:3]
-    with pytest.raises(ValueError, match="Embedding dimension mismatch"):
-        _fast(tmp_path, Dataset.from_dict(ragged))
-
-
-def test_nan_embeddings(tmp_path):
-    bad = _precomputed(64)
-    bad["rejected_embedding"][9][2] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite values in 'chosen_embedding'/'rejected_embedding'"):
-        _fast(tmp_path, Dataset.from_dict(bad))
 
 
 def test_min_context_above_max_context(tmp_path):
@@ -364,3 +319,98 @@ def test_frozen_reward_head_is_rejected(tokenizer, data, tmp_path):
             processing_class=tokenizer,
             peft_config=LoraConfig(**lora),
         )
+
+
+def test_embedding_config_names_the_embedding_trainer(tokenizer, data, tmp_path):
+    args = NPEmbeddingRewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(TypeError, match="NPEmbeddingRewardTrainer"):
+        NPRewardTrainer(model=tiny_reward_model(tokenizer), args=args, train_dataset=data[0])
+
+
+def test_compute_loss_outside_a_step_is_refused(tokenizer, data, tmp_path):
+    trainer = make_trainer(tokenizer, data[0], tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with pytest.raises(RuntimeError, match="np_step"):
+        trainer.compute_loss(trainer.model, dict(batch))
+
+
+# ------------------------------------------------------------------------------------- TRL owns the reward loss
+def test_trl_reward_loss_margin_and_centering_reach_the_loss_exactly(tokenizer, tmp_path, monkeypatch):
+    """The loss is TRL's own `RewardTrainer.compute_loss`, called by NPRewardTrainer under the episode's gates: with
+    a `margin` column and `center_rewards_coefficient` (features a copy of TRL's code would have to track), the NP
+    loss equals what a plain `RewardTrainer` computes from the same rewards, and TRL's metrics are logged."""
+    train = style_preference_dataset(48, seed=0)
+    train = train.add_column("margin", [0.1 * (i % 7) - 0.3 for i in range(len(train))])
+    trainer = make_trainer(tokenizer, train, tmp_path / "np", center_rewards_coefficient=0.37)
+    torch.manual_seed(0)
+    for p in trainer.model.fssa_np.hypernetwork.parameters():  # gates that differ per episode
+        p.data.normal_(0, 0.3)
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "margin" in batch and batch["margin"].abs().sum() > 0
+
+    calls = []
+    trl_compute_loss = RewardTrainer.compute_loss
+
+    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        calls.append(sorted(inputs))
+        return trl_compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    monkeypatch.setattr(RewardTrainer, "compute_loss", spy)
+    with trainer.np_step(), torch.no_grad():
+        loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+    assert len(calls) == 1 and "margin" in calls[0]  # TRL's method ran, and saw the margin
+    assert not any(key.startswith(("context_", "target_")) for key in calls[0])  # context keys were popped
+    monkeypatch.undo()
+
+    # A plain RewardTrainer, given a model that returns exactly those rewards, computes the same loss.
+    rewards = outputs.logits.detach()
+
+    class FixedRewards(torch.nn.Module):
+        def forward(self, **inputs):
+            return type(outputs)(logits=rewards)
+
+    plain = RewardTrainer(
+        model=tiny_reward_model(tokenizer),
+        args=RewardConfig(
+            output_dir=str(tmp_path / "plain"),
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            center_rewards_coefficient=0.37,
+        ),
+        train_dataset=train.remove_columns("user_id"),
+        processing_class=tokenizer,
+    )
+    token_inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "margin")}
+    expected = plain.compute_loss(FixedRewards(), token_inputs)
+    torch.testing.assert_close(loss, expected)
+    chosen, rejected = rewards.squeeze(-1).chunk(2)
+    by_hand = -torch.nn.functional.logsigmoid(chosen - rejected - batch["margin"]).mean()
+    by_hand = by_hand + 0.37 * torch.mean((chosen + rejected) ** 2)
+    torch.testing.assert_close(loss, by_hand)
+    trainer._np_flush_accuracy("train")
+    for name in ("accuracy", "margin", "mean_reward", "accuracy_unseen"):
+        assert trainer._metrics["train"][name], name
+
+
+def test_no_hook_on_any_lora_module(tokenizer, data, tmp_path):
+    """The gates live in the LoRA layers (GatedLoraLinear), not in forward hooks: none is registered on any LoRA
+    module, before, during or after a training step."""
+    trainer = make_trainer(tokenizer, data[0], tmp_path, max_steps=1)
+    layers = [m for m in trainer.model.modules() if isinstance(m, GatedLoraLinear)]
+    assert len(layers) == 2 * 4  # q, v, up, down in 2 decoder layers
+
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for layer in layers for m in layer.modules())
+
+    assert hooks() == 0
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    with trainer.np_step():
+        trainer.compute_loss(trainer.model, dict(batch)).backward()
+        assert all(layer._fssa_gate is not None for layer in layers)
+        assert hooks() == 0
+    assert all(layer._fssa_gate is None for layer in layers)
+    trainer.train()
+    assert hooks() == 0

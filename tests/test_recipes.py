@@ -10,7 +10,11 @@ import pytest
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"np_reward": "train_np_reward.py", "np_dpo": "train_np_dpo.py"}
+SCRIPTS = {
+    "np_reward": "train_np_reward.py",
+    "np_reward_lora": "train_np_reward_lora.py",
+    "np_dpo": "train_np_dpo.py",
+}
 RECIPES = sorted(
     p
     for p in glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from trl.trainer.utils import pad
 
 # Batch keys added by the collator; trainers pop them before calling the model.
 CONTEXT_KEYS = (
@@ -25,6 +26,20 @@ CONTEXT_KEYS = (
 
 # Per-target columns handed to TRL's collator (reward: ids and margin; DPO: prompt/completion ids, reference log-probs).
 TOKEN_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids", "margin", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def right_pad(rows: Sequence[Sequence[int]], padding_value: int = 0) -> torch.Tensor:
+    """`(B, L)` long tensor of `rows` right-padded with `padding_value` (TRL's `pad`, as its collators use).
+
+    ```python
+    >>> right_pad([[1, 2, 3], [4]], padding_value=0)
+    tensor([[1, 2, 3],
+            [4, 0, 0]])
+    ```
+    """
+    return pad(
+        [torch.tensor(row, dtype=torch.long) for row in rows], padding_value=padding_value, padding_side="right"
+    )
 
 
 def _pad_sets(table: torch.Tensor, sets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +76,7 @@ class DataCollatorForContextSets:
     Args:
         embeddings (`Callable[[], torch.Tensor]`): returns the `(U, D)` table the `*_embedding_index` columns refer to.
         target_collator (`Callable`, *optional*): TRL preference collator for the token columns; `None` when the
-            episodes carry no tokens (frozen-embedding reward models).
+            episodes carry no tokens (frozen-embedding reward models; a `margin` column is then collated as `(N,)`).
         include_target_embeddings (`bool`, *optional*, defaults to `False`): also emit the target embedding sets.
 
     Example:
@@ -112,6 +127,8 @@ class DataCollatorForContextSets:
                 for i in range(len(episode["chosen_ids"]))
             ]
             batch.update(self.target_collator(targets))
+        elif "margin" in episodes[0]:  # no tokens (frozen embeddings): the per-target margins alone
+            batch["margin"] = torch.tensor([m for e in episodes for m in e["margin"]], dtype=torch.float32)
         sizes = [len(e["target_in_context"]) for e in episodes]
         context = [len(e["context_chosen_embedding_index"]) for e in episodes]
         batch["context_chosen_embeddings"], batch["context_mask"] = _pad_sets(

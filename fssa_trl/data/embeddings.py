@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .collator import right_pad
+
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "last")
@@ -112,12 +114,7 @@ class TextEmbedder:
             for start in range(0, len(order), self.batch_size):
                 batch = [texts[i] for i in order[start : start + self.batch_size]]
                 ids = [self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in batch]
-                length = max(len(x) for x in ids)
-                input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(ids), length), dtype=torch.long)
-                for row, x in enumerate(ids):
-                    input_ids[row, : len(x)] = torch.tensor(x)
-                    mask[row, : len(x)] = 1
+                input_ids, mask = right_pad(ids, pad_id), right_pad([[1] * len(x) for x in ids])
                 hidden = body(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
                 hidden, mask = hidden.float(), mask.to(hidden.device)
                 if self.pooling == "mean":
@@ -224,3 +221,29 @@ class ContextEmbeddingStore:
             disk.update(zip(missing, vectors, strict=True))
             self._save_disk()
         return [self._index[k] if k in self._index else self._append(k, disk[k]) for k in keys]
+
+
+def make_embedder(
+    source: str, model: nn.Module | None, tokenizer, pooling: str, max_length: int, batch_size: int
+) -> TextEmbedder | None:
+    """The context embedder for `source`: `None` for `"precomputed"`, `model` itself (frozen, adapters off) for
+    `"base"`, else the Hugging Face encoder named `source`."""
+    if source == "precomputed":
+        return None
+    kwargs = dict(pooling=pooling, max_length=max_length, batch_size=batch_size)
+    if source == "base":
+        if model is None:
+            raise ValueError("`context_embedding='base'` needs a model to embed with; pass `model`.")
+        return TextEmbedder(model, tokenizer, **kwargs)
+    return TextEmbedder.from_pretrained(source, **kwargs)
+
+
+def embedding_dim(embedder: TextEmbedder | None, dataset) -> int:
+    """Dimension of the context embeddings: the embedder's hidden size, or the length of the precomputed vectors."""
+    if embedder is not None:
+        config = getattr(embedder.model, "config", None)
+        hidden = getattr(config.get_text_config(), "hidden_size", None) if config is not None else None
+        if hidden:
+            return hidden
+        return embedder.embed(["dimension probe"]).shape[-1]
+    return len(dataset[0]["chosen_embedding"])

@@ -1,30 +1,69 @@
-from .embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel, encode_episodes
-from .hypernetwork import LoRAHypernetwork, LoRAModulator, Modulation, find_lora_layers, fold_latent_into_lora
+from .config import (
+    ContextEmbeddingConfig,
+    EmbeddingRewardModelConfig,
+    HypernetworkConfig,
+    LatentEncoderConfig,
+    LoRARewardModelConfig,
+    PolicyConfig,
+    RewardDecoderConfig,
+    RewardModelConfig,
+    SteerableConfig,
+)
+from .embedding_model import NPEmbeddingRewardModel
+from .gated_lora import (
+    GatedLoraLinear,
+    LoRAModulator,
+    find_gated_lora_layers,
+    fold_latent_into_lora,
+    gated_lora_config,
+)
+from .hypernetwork import LoRAHypernetwork, Modulation
 from .latent_encoder import LatentOutput, NPLatentEncoder, gaussian_kl
-from .np_modules import NPModules, load_np_modules, save_np_modules
+from .mlp import mlp
+from .np_modules import NPModules, encode_episodes, load_np_modules, load_np_weights, save_np_modules
 from .policy import SteerablePolicy
 from .reward_head import EmbeddingRewardDecoder, preference_log_likelihood
-from .reward_model import SteerableRewardModel
+from .reward_model import (
+    ContextFreeRewardModel,
+    SteerableEmbeddingRewardModel,
+    SteerableLoRARewardModel,
+    SteerableRewardModel,
+)
 from .steerable import SteerableModel
 
 __all__ = [
+    "ContextEmbeddingConfig",
+    "ContextFreeRewardModel",
     "EmbeddingRewardDecoder",
+    "EmbeddingRewardModelConfig",
+    "GatedLoraLinear",
+    "HypernetworkConfig",
+    "LatentEncoderConfig",
     "LatentOutput",
     "LoRAHypernetwork",
     "LoRAModulator",
+    "LoRARewardModelConfig",
     "Modulation",
-    "NPEmbeddingRewardConfig",
     "NPEmbeddingRewardModel",
     "NPLatentEncoder",
     "NPModules",
+    "PolicyConfig",
+    "RewardDecoderConfig",
+    "RewardModelConfig",
+    "SteerableConfig",
+    "SteerableEmbeddingRewardModel",
+    "SteerableLoRARewardModel",
     "SteerableModel",
     "SteerablePolicy",
     "SteerableRewardModel",
     "encode_episodes",
-    "find_lora_layers",
+    "find_gated_lora_layers",
     "fold_latent_into_lora",
+    "gated_lora_config",
     "gaussian_kl",
     "load_np_modules",
+    "load_np_weights",
+    "mlp",
     "preference_log_likelihood",
     "save_np_modules",
 ]

@@ -8,18 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .mlp import mlp
+
 AGGREGATIONS = ("mean", "sum", "attention")
 LATENT_TYPES = ("deterministic", "gaussian")
-
-
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(num_layers - 1):
-        layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
-        dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*layers)
 
 
 @dataclass
@@ -93,18 +85,19 @@ class NPLatentEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.aggregation = aggregation
         self.latent_type = latent_type
-        self.pair_encoder = _mlp(2 * embedding_dim, hidden_dim, hidden_dim)
+        self.pair_encoder = mlp(2 * embedding_dim, hidden_dim, hidden_dim)
         self.attention = (
             nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if aggregation == "attention" else None
         )
         self.empty_set = nn.Parameter(torch.zeros(hidden_dim))  # learned representation of an empty context
         out_dim = latent_dim * (2 if latent_type == "gaussian" else 1)
-        self.latent_head = _mlp(hidden_dim, hidden_dim, out_dim)
+        self.latent_head = mlp(hidden_dim, hidden_dim, out_dim)
 
     def aggregate(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Set representation `(B, hidden_dim)` of `(B, C, D)` pair embeddings with a `(B, C)` boolean mask."""
         pairs = self.pair_encoder(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
-        mask = mask.to(torch.bool)
+        if mask.dtype != torch.bool:
+            mask = mask.to(torch.bool)
         if self.attention is not None:
             if pairs.shape[1] == 0:
                 # Attention runs even when every set of the batch is empty (on one masked slot, dropped below), still
@@ -123,7 +116,8 @@ class NPLatentEncoder(nn.Module):
         else:
             aggregated = summed / counts.clamp(min=1.0)
         empty = counts == 0
-        return torch.where(empty, self.empty_set.to(aggregated.dtype).expand_as(aggregated), aggregated)
+        empty_set = self.empty_set if self.empty_set.dtype == aggregated.dtype else self.empty_set.to(aggregated.dtype)
+        return torch.where(empty, empty_set, aggregated)  # broadcast over the batch
 
     def forward(
         self,

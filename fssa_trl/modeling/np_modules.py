@@ -1,73 +1,121 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""The trainable neural-process modules, their JSON config and their safetensors file."""
+"""The trainable neural-process modules: building them from a saved config, encoding episodes, and their files.
+
+A folder written by an NP trainer holds `fssa_config.json` ([`SteerableConfig`]) and `fssa_np.safetensors` (the
+state dict of [`NPModules`]); [`save_np_modules`] writes both and [`load_np_modules`] is the one way to read them
+back (used by `from_pretrained` and by checkpoint resume alike).
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.utils import ModelOutput
 
+from .config import SteerableConfig
 from .hypernetwork import LoRAHypernetwork
-from .latent_encoder import NPLatentEncoder
+from .latent_encoder import NPLatentEncoder, gaussian_kl
 from .reward_head import EmbeddingRewardDecoder
 
-FSSA_CONFIG_NAME = "fssa_config.json"
 FSSA_WEIGHTS_NAME = "fssa_np.safetensors"
 NP_PREFIX = "fssa_np."  # attribute name under which trainers attach NPModules to the model
 
 
 class NPModules(nn.Module):
     """Container of the latent encoder and either a LoRA hypernetwork (LoRA models) or a reward decoder (frozen
-    embeddings). Attached to the trained model as `model.fssa_np` so that the optimizer, Accelerate and DeepSpeed see
+    embeddings). Attached to the trained model as `model.fssa_np`, so that the optimizer, Accelerate and DeepSpeed see
     its parameters like any other.
 
     Args:
-        encoder (`dict`): keyword arguments of [`NPLatentEncoder`].
-        hypernetwork (`dict`, *optional*): keyword arguments of [`LoRAHypernetwork`].
-        decoder (`dict`, *optional*): keyword arguments of [`EmbeddingRewardDecoder`].
+        encoder ([`NPLatentEncoder`]): the context-set encoder.
+        hypernetwork ([`LoRAHypernetwork`], *optional*): z -> LoRA gates.
+        decoder ([`EmbeddingRewardDecoder`], *optional*): (e(x, y), z) -> reward.
     """
 
-    def __init__(self, encoder: dict[str, Any], hypernetwork: dict[str, Any] | None = None, decoder=None):
+    def __init__(
+        self,
+        encoder: NPLatentEncoder,
+        hypernetwork: LoRAHypernetwork | None = None,
+        decoder: EmbeddingRewardDecoder | None = None,
+    ):
         super().__init__()
-        self.init_kwargs = {"encoder": encoder, "hypernetwork": hypernetwork, "decoder": decoder}
-        self.encoder = NPLatentEncoder(**encoder)
-        self.hypernetwork = LoRAHypernetwork(**hypernetwork) if hypernetwork else None
-        self.decoder = EmbeddingRewardDecoder(**decoder) if decoder else None
+        self.encoder = encoder
+        self.hypernetwork = hypernetwork
+        self.decoder = decoder
+
+    @classmethod
+    def from_config(cls, config: SteerableConfig) -> NPModules:
+        """The modules a saved config describes (freshly initialised)."""
+        hypernetwork = getattr(config, "hypernetwork", None)
+        decoder = getattr(config, "decoder", None)
+        return cls(
+            NPLatentEncoder(**dataclasses.asdict(config.encoder)),
+            LoRAHypernetwork(**dataclasses.asdict(hypernetwork)) if hypernetwork is not None else None,
+            EmbeddingRewardDecoder(**dataclasses.asdict(decoder)) if decoder is not None else None,
+        )
 
 
-def save_np_modules(
-    output_dir: str, state_dict: dict[str, torch.Tensor], init_kwargs: dict, extra_config: dict[str, Any]
-) -> None:
-    """Write `fssa_np.safetensors` (the state dict, `fssa_np.` prefix stripped) and `fssa_config.json`."""
+@dataclasses.dataclass
+class EpisodeLatents(ModelOutput):
+    """Latents of a batch of episodes. `z_rows` has one row per target pair `(N, latent_dim)`; `kl` is the mean
+    KL(q(z | targets) || q(z | context)) of a Gaussian latent in training, else `None`."""
+
+    z_rows: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+
+
+def encode_episodes(encoder: NPLatentEncoder, batch: dict[str, torch.Tensor], training: bool) -> EpisodeLatents:
+    """z for every target pair of a collated batch (see [`DataCollatorForContextSets`]).
+
+    Deterministic latent: z = f(context). Gaussian latent in training (the neural-process ELBO): z ~ q(z | targets),
+    plus KL(q(z | targets) || q(z | context)); at evaluation z is the mean of q(z | context).
+    """
+    context = encoder(batch["context_chosen_embeddings"], batch["context_rejected_embeddings"], batch["context_mask"])
+    if encoder.latent_type == "gaussian" and training:
+        targets = encoder(
+            batch["target_chosen_embeddings"], batch["target_rejected_embeddings"], batch["target_mask"], sample=True
+        )
+        return EpisodeLatents(targets.z[batch["target_episode"]], gaussian_kl(targets, context).mean())
+    return EpisodeLatents(context.z[batch["target_episode"]], None)
+
+
+def np_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The `fssa_np.*` entries (prefix stripped) of a state dict (e.g. ZeRO-3 consolidated), or of `model`'s own."""
+    state_dict = state_dict if state_dict is not None else model.state_dict()
+    found = {k[len(NP_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(NP_PREFIX)}
+    if not found:
+        raise RuntimeError("The state dict has no `fssa_np.` entries: the NP modules would not be saved.")
+    return found
+
+
+def save_np_modules(output_dir: str, state_dict: dict[str, torch.Tensor], config: SteerableConfig) -> None:
+    """Write `fssa_np.safetensors` (`state_dict` of [`NPModules`]) and `fssa_config.json`."""
     os.makedirs(output_dir, exist_ok=True)
-    tensors = {
-        k[len(NP_PREFIX) :] if k.startswith(NP_PREFIX) else k: v.detach().cpu().contiguous()
-        for k, v in state_dict.items()
-    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, os.path.join(output_dir, FSSA_WEIGHTS_NAME), metadata={"format": "pt"})
-    with open(os.path.join(output_dir, FSSA_CONFIG_NAME), "w", encoding="utf-8") as f:
-        json.dump({"np_modules": init_kwargs, **extra_config}, f, indent=2, sort_keys=True)
+    config.save_pretrained(output_dir)
 
 
-def load_fssa_config(path: str) -> dict[str, Any]:
-    config_file = os.path.join(path, FSSA_CONFIG_NAME)
-    if not os.path.isfile(config_file):
-        raise ValueError(f"{path!r} has no {FSSA_CONFIG_NAME}: it was not saved by an fssa_trl trainer.")
-    with open(config_file, encoding="utf-8") as f:
-        return json.load(f)
+def load_np_weights(modules: NPModules, path: str) -> None:
+    """Load `<path>/fssa_np.safetensors` into `modules` (strict: every key must match)."""
+    file = os.path.join(path, FSSA_WEIGHTS_NAME)
+    if not os.path.isfile(file):
+        raise ValueError(f"{path!r} has no {FSSA_WEIGHTS_NAME}: the NP modules cannot be restored.")
+    modules.load_state_dict(load_file(file))  # copied into the modules' own dtype and device
 
 
-def load_np_state_dict(path: str) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(path, FSSA_WEIGHTS_NAME))
+def load_np_modules(
+    path: str, config_class: type[SteerableConfig] = SteerableConfig
+) -> tuple[NPModules, SteerableConfig]:
+    """Rebuild [`NPModules`] from a folder written by [`save_np_modules`]; the config must be a `config_class`.
 
-
-def load_np_modules(path: str) -> tuple[NPModules, dict[str, Any]]:
-    """Rebuild [`NPModules`] from a folder written by [`save_np_modules`]. Returns the modules and the config."""
-    config = load_fssa_config(path)
-    modules = NPModules(**config["np_modules"])
-    modules.load_state_dict(load_np_state_dict(path))
+    Returns the modules (float32, on CPU) and the config.
+    """
+    config = config_class.from_pretrained(path)
+    modules = NPModules.from_config(config)
+    load_np_weights(modules, path)
     return modules, config

@@ -7,9 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
-from .np_modules import load_fssa_config
-from .steerable import Context, SteerableModel, load_lora_np_model
+from ..data.collator import right_pad
+from ..data.embeddings import TextEmbedder
+from .config import PolicyConfig
+from .gated_lora import LoRAModulator
+from .np_modules import NPModules
+from .steerable import Context, SteerableModel, load_gated_peft_model
 
 
 class SteerablePolicy(SteerableModel):
@@ -29,29 +34,27 @@ class SteerablePolicy(SteerableModel):
     ```
     """
 
+    config_class = PolicyConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        fssa_config: PolicyConfig,
+        embedder: TextEmbedder | None = None,
+        modulator: LoRAModulator | None = None,
+    ):
+        super().__init__(model, tokenizer, fssa_config, embedder)
+        self.modulator = modulator if modulator is not None else LoRAModulator(model, fssa_config.adapter_name)
+
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str,
-        base_model_name_or_path: str | None = None,
-        dtype: torch.dtype | None = None,
-        device: str | torch.device | None = None,
-    ) -> SteerablePolicy:
-        """Load a policy saved by [`NPDPOTrainer`] (base model, PEFT adapter, `fssa_np.safetensors`,
-        `fssa_config.json`). Only safetensors and JSON files are read."""
+    def _from_folder(cls, path, config, modules: NPModules, base_model_name_or_path, dtype):
         from transformers import AutoModelForCausalLM
 
-        config = load_fssa_config(path)
-        if config.get("kind") != "policy":
-            raise ValueError(f"{path!r} holds a {config.get('kind')!r} model; load it with SteerableRewardModel.")
-        model, tokenizer, embedder = load_lora_np_model(
-            path, AutoModelForCausalLM, config, base_model_name_or_path, dtype
+        model, tokenizer, embedder = load_gated_peft_model(
+            path, AutoModelForCausalLM, config, modules, base_model_name_or_path, dtype
         )
-        if device is not None:
-            model.to(device)
-        from .hypernetwork import LoRAModulator
-
-        return cls(model.eval(), tokenizer, config, embedder, LoRAModulator(model, config["adapter_name"]))
+        return cls(model, tokenizer, config, embedder)
 
     def _modulation(self, latent: torch.Tensor | None):
         """The modulation for `latent` `(latent_dim,)` (one user) or `(B, latent_dim)` (one per prompt)."""
@@ -120,11 +123,9 @@ class SteerablePolicy(SteerableModel):
                 start += 1
             rows.append(ids)
             masks.append([0] * start + [1] * (len(ids) - start))
-        length = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
-        attention = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
-        completion = torch.tensor([m + [0] * (length - len(m)) for m in masks])
+        input_ids = right_pad(rows, self.tokenizer.pad_token_id)
+        attention = right_pad([[1] * len(r) for r in rows])
+        completion = right_pad(masks)
         return input_ids, attention, completion
 
     def _sequence_log_probs(self, input_ids, attention, completion) -> torch.Tensor:
@@ -169,7 +170,7 @@ class SteerablePolicy(SteerableModel):
             latent = self.latent(context)
         prompts, responses = list(prompts), list(responses)
         policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
-        return self.fssa_config.get("beta", 1.0) * (policy - self.reference_log_probs(prompts, responses, batch_size))
+        return self.fssa_config.beta * (policy - self.reference_log_probs(prompts, responses, batch_size))
 
     @torch.no_grad()
     def reference_log_probs(self, prompts: Sequence, responses: Sequence, batch_size: int = 8) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .latent_encoder import _mlp
+from .mlp import mlp
 
 REWARD_HEADS = ("btl", "dpl")
 
@@ -30,7 +30,7 @@ class EmbeddingRewardDecoder(nn.Module):
         if head not in REWARD_HEADS:
             raise ValueError(f"`reward_head` must be one of {REWARD_HEADS}, got {head!r}.")
         self.head = head
-        self.mlp = _mlp(embedding_dim + latent_dim, hidden_dim, 2 if head == "dpl" else 1, num_layers)
+        self.mlp = mlp(embedding_dim + latent_dim, hidden_dim, 2 if head == "dpl" else 1, num_layers)
 
     def forward(self, embeddings: torch.Tensor, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards for `(N, D)` embeddings and `(N, latent_dim)` latents: `(mean, variance)`, each `(N,)`.

@@ -1,19 +1,28 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""Inference-time steerable reward model: score responses for one user from a handful of that user's choices."""
+"""Inference-time steerable reward models: score responses for one user from a handful of that user's choices.
+
+- [`SteerableLoRARewardModel`]: a sequence-classification model whose gated LoRA layers follow z (`NPRewardTrainer`);
+- [`SteerableEmbeddingRewardModel`]: r = MLP([e(x, y), z]) on frozen embeddings (`NPEmbeddingRewardTrainer`);
+- [`ContextFreeRewardModel`]: any plain reward model, which ignores the context (a baseline for `evaluate_few_shot`).
+
+`SteerableRewardModel.from_pretrained(path)` loads either steerable kind, following the saved `model_type`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..data.collator import right_pad
 from ..data.embeddings import TextEmbedder
-from .embedding_model import NPEmbeddingRewardConfig, NPEmbeddingRewardModel
-from .hypernetwork import LoRAModulator
-from .np_modules import load_fssa_config, load_np_state_dict
-from .steerable import Context, SteerableModel, load_lora_np_model
+from .config import EmbeddingRewardModelConfig, LoRARewardModelConfig, RewardModelConfig
+from .embedding_model import NPEmbeddingRewardModel
+from .gated_lora import LoRAModulator
+from .np_modules import NPModules
+from .steerable import Context, SteerableModel, embedder_from_config, load_gated_peft_model
 
 
 def reward_input_ids(tokenizer, prompt, response) -> list[int]:
@@ -42,9 +51,9 @@ class SteerableRewardModel(SteerableModel):
     r"""A few-shot steerable reward model: `score(prompts, responses, context=ctx)` gives one user's rewards, where
     `ctx` is a list of that user's choices `{"prompt", "chosen", "rejected"}` (no gradient step involved).
 
-    Load one saved by [`NPRewardTrainer`] with [`SteerableRewardModel.from_pretrained`], or wrap a trainer's model
-    with [`NPRewardTrainer.steerable_model`]. A plain reward model (`fssa_config=None`) is accepted too; it ignores
-    the context, which makes it a baseline for [`evaluate_few_shot`].
+    This is the common interface; [`SteerableRewardModel.from_pretrained`] returns a [`SteerableLoRARewardModel`] or a
+    [`SteerableEmbeddingRewardModel`], whichever the folder holds. Wrap a trainer's model with
+    `trainer.steerable_model()`, and a plain reward model with [`ContextFreeRewardModel`].
 
     Example:
 
@@ -57,61 +66,8 @@ class SteerableRewardModel(SteerableModel):
     ```
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer=None,
-        fssa_config: dict[str, Any] | None = None,
-        embedder: TextEmbedder | None = None,
-        modulator: LoRAModulator | None = None,
-    ):
-        if fssa_config and fssa_config["mode"] == "lora" and modulator is None:
-            head = reward_head_module(model) if fssa_config.get("condition_reward_head") else None
-            modulator = LoRAModulator(model, fssa_config.get("adapter_name", "default"), head_module=head)
-        super().__init__(model, tokenizer, fssa_config, embedder, modulator)
+    config_class = RewardModelConfig
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str,
-        base_model_name_or_path: str | None = None,
-        dtype: torch.dtype | None = None,
-        device: str | torch.device | None = None,
-    ) -> SteerableRewardModel:
-        """Load a model saved by [`NPRewardTrainer`] (`fssa_config.json`, `fssa_np.safetensors` and, for LoRA models,
-        the PEFT adapter). Only safetensors and JSON files are read.
-
-        Args:
-            path (`str`): the output folder or a checkpoint folder.
-            base_model_name_or_path (`str`, *optional*): override the base model recorded in the adapter config.
-            dtype (`torch.dtype`, *optional*): dtype of the base model (default float32).
-            device (`str` or `torch.device`, *optional*): where to put the model.
-        """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        config = load_fssa_config(path)
-        source = config["context_embedding"]
-        embed_kwargs = dict(pooling=source["pooling"], max_length=source["max_length"])
-        if config["mode"] == "embedding":
-            model = NPEmbeddingRewardModel(NPEmbeddingRewardConfig(np_modules=config["np_modules"]))
-            model.fssa_np.load_state_dict(load_np_state_dict(path))
-            embedder = tokenizer = None
-            if source["source"] != "precomputed":
-                # The tokenizer the trainer used is saved beside the weights.
-                tokenizer = AutoTokenizer.from_pretrained(path)
-                embedder = TextEmbedder.from_pretrained(source["name_or_path"], tokenizer=tokenizer, **embed_kwargs)
-        else:
-            model, tokenizer, embedder = load_lora_np_model(
-                path, AutoModelForSequenceClassification, config, base_model_name_or_path, dtype, num_labels=1
-            )
-        if device is not None:
-            model.to(device)
-            if embedder is not None and embedder.model is not model:
-                embedder.model.to(device)
-        return cls(model.eval(), tokenizer, config, embedder)
-
-    # --------------------------------------------------------------------------------------------------- scoring
-    @torch.no_grad()
     def score(
         self,
         prompts: Sequence,
@@ -124,39 +80,148 @@ class SteerableRewardModel(SteerableModel):
 
         Returns a float32 CPU tensor of shape `(N,)`.
         """
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_lengths(prompts, responses) -> None:
         if len(prompts) != len(responses):
             raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
-        if self.mode != "plain" and latent is None:
-            latent = self.latent(context)
-        if self.mode == "embedding":
-            embeddings = (
-                self.embed_pairs(prompts, responses)
-                if self.embedder is not None
-                else torch.as_tensor(responses, dtype=torch.float32)  # precomputed: responses are embeddings
-            )
-            param = next(self.model.parameters())
-            embeddings = embeddings.to(param.device, param.dtype)
-            rewards, _ = self.np_modules.decoder(embeddings, latent.to(param).expand(len(embeddings), -1))
-            return rewards.float().cpu()
-        return self._score_tokens(prompts, responses, latent, batch_size)
 
-    def _score_tokens(self, prompts, responses, latent, batch_size) -> torch.Tensor:
+    def _token_rewards(
+        self, prompts, responses, batch_size: int, gating: Callable[[int], contextlib.AbstractContextManager]
+    ) -> torch.Tensor:
+        """Rewards of a sequence-classification model, tokenized as TRL's RewardTrainer does; each batch of n
+        sequences runs inside `gating(n)`."""
         device = self._device()
         ids = [reward_input_ids(self.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
-        pad_id = self.tokenizer.pad_token_id
         out = []
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
-            length = max(len(x) for x in chunk)
-            input_ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for row, x in enumerate(chunk):
-                input_ids[row, : len(x)] = torch.tensor(x)
-                mask[row, : len(x)] = 1
-            modulation = None
-            if latent is not None:
-                modulation = self.np_modules.hypernetwork(latent.unsqueeze(0).expand(len(chunk), -1))
-            with self.modulator.apply(modulation) if self.modulator is not None else torch.no_grad():
+            input_ids = right_pad(chunk, self.tokenizer.pad_token_id)
+            mask = right_pad([[1] * len(x) for x in chunk])
+            with gating(len(chunk)):
                 logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
             out.append(logits.squeeze(-1).float().cpu())
         return torch.cat(out)
+
+
+class SteerableLoRARewardModel(SteerableRewardModel):
+    """A LoRA reward model trained by [`NPRewardTrainer`]: the hypernetwork turns z into per-example gates of every
+    LoRA layer (and, with `condition_reward_head`, a direction added to the reward head).
+
+    Args:
+        model (`PeftModel`): the sequence-classification PEFT model with gated LoRA layers and `model.fssa_np`.
+        tokenizer: its tokenizer.
+        fssa_config ([`LoRARewardModelConfig`]): the saved configuration.
+        embedder ([`TextEmbedder`], *optional*): embeds context texts.
+        modulator ([`LoRAModulator`], *optional*): applies the gates (built from `model` when not given).
+    """
+
+    config_class = LoRARewardModelConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        fssa_config: LoRARewardModelConfig,
+        embedder: TextEmbedder | None = None,
+        modulator: LoRAModulator | None = None,
+    ):
+        super().__init__(model, tokenizer, fssa_config, embedder)
+        if modulator is None:
+            head = reward_head_module(model) if fssa_config.condition_reward_head else None
+            modulator = LoRAModulator(model, fssa_config.adapter_name, head_module=head)
+        self.modulator = modulator
+
+    @classmethod
+    def _from_folder(cls, path, config, modules: NPModules, base_model_name_or_path, dtype):
+        from transformers import AutoModelForSequenceClassification
+
+        model, tokenizer, embedder = load_gated_peft_model(
+            path, AutoModelForSequenceClassification, config, modules, base_model_name_or_path, dtype, num_labels=1
+        )
+        return cls(model, tokenizer, config, embedder)
+
+    @torch.no_grad()
+    def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
+        self._check_lengths(prompts, responses)
+        if latent is None:
+            latent = self.latent(context)
+        param = next(self.np_modules.hypernetwork.parameters())
+        latent = latent.to(param.device, param.dtype)
+
+        def gating(n: int):
+            return self.modulator.apply(self.np_modules.hypernetwork(latent.unsqueeze(0).expand(n, -1)))
+
+        return self._token_rewards(prompts, responses, batch_size, gating)
+
+
+class SteerableEmbeddingRewardModel(SteerableRewardModel):
+    """A reward model on frozen embeddings trained by [`NPEmbeddingRewardTrainer`]: r = MLP([e(x, y), z]).
+
+    With an embedder, `score` embeds (prompt, response) texts; trained on precomputed embeddings (no embedder),
+    `score` takes the response embeddings as `responses` and contexts as `chosen_embedding` / `rejected_embedding`
+    vectors.
+
+    Args:
+        model ([`NPEmbeddingRewardModel`]): the trained NP modules.
+        tokenizer: the backbone's tokenizer (`None` for precomputed embeddings).
+        fssa_config ([`EmbeddingRewardModelConfig`]): the saved configuration.
+        embedder ([`TextEmbedder`], *optional*): the frozen backbone.
+    """
+
+    config_class = EmbeddingRewardModelConfig
+
+    @classmethod
+    def _from_folder(cls, path, config, modules: NPModules, base_model_name_or_path, dtype):
+        tokenizer = None
+        if config.context_embedding.source != "precomputed":
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer the trainer used, saved beside the weights
+        if base_model_name_or_path is not None:
+            config.context_embedding.name_or_path = base_model_name_or_path
+        embedder = embedder_from_config(config.context_embedding, tokenizer=tokenizer)
+        return cls(NPEmbeddingRewardModel(modules), tokenizer, config, embedder)
+
+    @property
+    def scores_embeddings(self) -> bool:
+        return self.embedder is None
+
+    @torch.no_grad()
+    def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
+        self._check_lengths(prompts, responses)
+        if latent is None:
+            latent = self.latent(context)
+        if self.embedder is not None:
+            embeddings = self.embed_pairs(prompts, responses)
+        else:  # precomputed: responses are embeddings
+            embeddings = torch.as_tensor(responses, dtype=torch.float32)
+        param = next(self.model.parameters())
+        embeddings = embeddings.to(param.device, param.dtype)
+        rewards, _ = self.np_modules.decoder(embeddings, latent.to(param).expand(len(embeddings), -1))
+        return rewards.float().cpu()
+
+
+class ContextFreeRewardModel(SteerableRewardModel):
+    """Any plain reward model (e.g. trained by TRL's `RewardTrainer`) behind the steerable interface: it ignores the
+    context, which makes it a baseline for [`evaluate_few_shot`].
+
+    Args:
+        model (`nn.Module`): a sequence-classification model with one label (PEFT or not).
+        tokenizer: its tokenizer.
+    """
+
+    config_class = None
+    is_context_free = True
+
+    def __init__(self, model: nn.Module, tokenizer):
+        super().__init__(model, tokenizer)
+
+    @torch.no_grad()
+    def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
+        self._check_lengths(prompts, responses)
+        return self._token_rewards(prompts, responses, batch_size, lambda n: contextlib.nullcontext())
+
+    def latent(self, context: Context = None) -> torch.Tensor:
+        raise ValueError("A context-free reward model has no latent: it scores every user alike.")

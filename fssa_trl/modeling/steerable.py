@@ -1,47 +1,101 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""What steerable reward models and steerable policies share: a user's context set -> latent z."""
+"""What steerable reward models and steerable policies share: a user's context set -> latent z, and loading."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
-from .hypernetwork import LoRAModulator
-from .np_modules import NPModules
+from .config import ContextEmbeddingConfig, SteerableConfig
+from .gated_lora import gated_lora_config
+from .np_modules import NPModules, load_np_modules
 
 Context = Sequence[dict[str, Any]] | None
 
 
 class SteerableModel(nn.Module):
-    """Base of [`SteerableRewardModel`] and [`SteerablePolicy`]: holds the model with its NP modules (`model.fssa_np`),
-    the tokenizer, the context embedder and the LoRA modulator, and infers a user's latent from a context set.
+    """Base of the steerable reward models and [`SteerablePolicy`]: the trained model with its NP modules
+    (`model.fssa_np`), the tokenizer and the context embedder; infers a user's latent from a context set.
 
     Args:
-        model (`nn.Module`): the trained model (a PEFT model with `fssa_np` attached, an `NPEmbeddingRewardModel`,
-            or a plain model).
-        tokenizer: its tokenizer.
-        fssa_config (`dict`, *optional*): the content of `fssa_config.json`; `None` for a plain model.
-        embedder ([`TextEmbedder`], *optional*): embeds context texts (`None` for precomputed embeddings).
-        modulator ([`LoRAModulator`], *optional*): the hooks that apply the latent to the LoRA layers.
+        model (`nn.Module`): the trained model, with [`NPModules`] attached as `model.fssa_np`.
+        tokenizer: its tokenizer (`None` for a frozen-embedding model on precomputed embeddings).
+        fssa_config ([`SteerableConfig`]): the saved configuration (`fssa_config.json`).
+        embedder ([`TextEmbedder`], *optional*): embeds context texts (`None`: contexts are given as embeddings).
     """
 
-    def __init__(self, model, tokenizer=None, fssa_config=None, embedder: TextEmbedder | None = None, modulator=None):
+    # The saved config this class loads; `from_pretrained` reads it and dispatches on its class.
+    config_class: ClassVar[type[SteerableConfig] | None] = None
+    # Whether the model ignores the context (a plain reward model used as a baseline).
+    is_context_free: ClassVar[bool] = False
+    _loaders: ClassVar[dict[type[SteerableConfig], type[SteerableModel]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.config_class is not None and cls.config_class.model_type:
+            SteerableModel._loaders.setdefault(cls.config_class, cls)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer=None,
+        fssa_config: SteerableConfig | None = None,
+        embedder: TextEmbedder | None = None,
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.fssa_config = fssa_config
-        self.mode = fssa_config["mode"] if fssa_config else "plain"
         self.embedder = embedder
         self._store = ContextEmbeddingStore(embedder)
-        self.modulator: LoRAModulator | None = modulator
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        base_model_name_or_path: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> SteerableModel:
+        """Load a model saved by an NP trainer (`fssa_config.json`, `fssa_np.safetensors` and, for LoRA models, the
+        PEFT adapter and tokenizer). Only safetensors and JSON files are read. The class of the returned model follows
+        the saved `model_type`; a folder of another kind raises an error naming the file and the field.
+
+        Args:
+            path (`str`): the output folder or a checkpoint folder.
+            base_model_name_or_path (`str`, *optional*): override the base model recorded in the adapter config.
+            dtype (`torch.dtype`, *optional*): dtype of the base model (default float32).
+            device (`str` or `torch.device`, *optional*): where to put the model.
+        """
+        if cls.config_class is None:
+            raise ValueError(f"{cls.__name__} has no saved form to load.")
+        modules, config = load_np_modules(path, cls.config_class)
+        target = cls if cls.config_class is type(config) else SteerableModel._loaders[type(config)]
+        model = target._from_folder(path, config, modules, base_model_name_or_path, dtype)
+        if device is not None:
+            model.model.to(device)
+            if model.embedder is not None and model.embedder.model is not model.model:
+                model.embedder.model.to(device)
+        model.model.eval()
+        return model
+
+    @classmethod
+    def _from_folder(cls, path, config, modules: NPModules, base_model_name_or_path, dtype) -> SteerableModel:
+        raise NotImplementedError
 
     @property
     def np_modules(self) -> NPModules | None:
         return getattr(self.model, "fssa_np", None)
+
+    @property
+    def scores_embeddings(self) -> bool:
+        """Whether `score` takes response embeddings instead of text (a frozen-embedding model trained on
+        precomputed embeddings)."""
+        return False
 
     # ---------------------------------------------------------------------------------------------- embeddings
     def _device(self) -> torch.device:
@@ -85,38 +139,39 @@ class SteerableModel(nn.Module):
     @torch.no_grad()
     def latent(self, context: Context = None) -> torch.Tensor:
         """The user latent z `(latent_dim,)` inferred from `context` (the population prior for `[]` or `None`)."""
-        if self.np_modules is None:
-            raise ValueError("A plain reward model has no latent.")
         encoder = self.np_modules.encoder
         param = next(encoder.parameters())
         chosen, rejected, mask = (t.to(param.device) for t in self._context_tensors(context))
         return encoder(chosen.to(param.dtype), rejected.to(param.dtype), mask).mean[0]
 
 
-def load_lora_np_model(path: str, auto_class, config: dict[str, Any], base_model_name_or_path=None, dtype=None, **kw):
-    """Base model + PEFT adapter + NP modules from a folder written by an NP trainer (safetensors and JSON only).
+def embedder_from_config(
+    source: ContextEmbeddingConfig, model: nn.Module | None = None, tokenizer=None
+) -> TextEmbedder | None:
+    """The context embedder a saved config names: `model` itself for `"base"` (LoRA models), the encoder at
+    `name_or_path` otherwise (for a frozen-embedding model, `"base"` is its backbone), `None` for precomputed."""
+    kwargs = dict(pooling=source.pooling, max_length=source.max_length)
+    if source.source == "precomputed":
+        return None
+    if source.source == "base" and model is not None:
+        return TextEmbedder(model, tokenizer, **kwargs)
+    return TextEmbedder.from_pretrained(source.name_or_path, tokenizer=tokenizer, **kwargs)
+
+
+def load_gated_peft_model(path: str, auto_class, config, modules: NPModules, base_model_name_or_path, dtype, **kw):
+    """Base model + gated PEFT adapter + NP modules from a folder written by an NP trainer (safetensors and JSON).
 
     Returns the PEFT model (with `fssa_np` attached), its tokenizer and the context embedder.
     """
-    from peft import PeftConfig, PeftModel
+    from peft import LoraConfig, PeftModel
     from transformers import AutoTokenizer
 
-    from .np_modules import load_np_state_dict
-
-    base_name = base_model_name_or_path or PeftConfig.from_pretrained(path).base_model_name_or_path
+    lora_config = gated_lora_config(LoraConfig.from_pretrained(path))
+    base_name = base_model_name_or_path or lora_config.base_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = auto_class.from_pretrained(base_name, dtype=dtype, **kw)
     if tokenizer.pad_token_id is not None:
         base.config.get_text_config().pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, path)
-    modules = NPModules(**config["np_modules"])
-    modules.load_state_dict(load_np_state_dict(path))
+    model = PeftModel.from_pretrained(base, path, adapter_name=config.adapter_name, config=lora_config)
     model.fssa_np = modules.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
-    source = config["context_embedding"]
-    embed_kwargs = dict(pooling=source["pooling"], max_length=source["max_length"])
-    embedder = None
-    if source["source"] == "base":
-        embedder = TextEmbedder(model, tokenizer, **embed_kwargs)
-    elif source["source"] != "precomputed":
-        embedder = TextEmbedder.from_pretrained(source["name_or_path"], **embed_kwargs)
-    return model, tokenizer, embedder
+    return model, tokenizer, embedder_from_config(config.context_embedding, model, tokenizer)

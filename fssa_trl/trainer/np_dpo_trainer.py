@@ -8,12 +8,13 @@ import torch
 from datasets import Dataset
 from trl import DPOTrainer
 
-from .np_common import log_unseen_accuracy
+from ..modeling.config import PolicyConfig
+from ..modeling.policy import SteerablePolicy
+from .gated_lora_mixin import GatedLoRATrainerMixin
 from .np_dpo_config import NPDPOConfig
-from .np_mixin import NPTrainerMixin
 
 
-class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
+class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
     r"""Conditioned DPO (NP-DPO of [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998)), a
     [`~trl.DPOTrainer`].
 
@@ -56,7 +57,6 @@ class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
 
     _tag_names = ["trl", "dpo", "fssa-trl", "np-dpo"]
     _name = "NP-DPO"
-    _np_kind = "policy"
     _np_token_columns = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
 
     def __init__(
@@ -96,21 +96,22 @@ class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             quantization_config=quantization_config,
-            peft_config=peft_config,
+            peft_config=self._np_peft_config(peft_config),
         )
-        self._np_attach_lora_modules(train_dataset)
-        self._np_finish_init(target_collator_needed=True, include_target_embeddings=args.latent_type == "gaussian")
+        self._np_setup(PolicyConfig, beta=args.beta)
 
     @contextlib.contextmanager
-    def _capture_log_probs(self) -> Iterator[list[torch.Tensor]]:
-        """Collect the per-token log-probs of the forward passes TRL's `_compute_loss` makes (policy first, then the
-        reference unless precomputed), for the accuracy-by-context-size metric. Read-only: outputs are unchanged."""
-        captured: list[torch.Tensor] = []
+    def _capture_log_probs(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Collect the per-token log-probs of the forward passes TRL's `_compute_loss` makes, for the accuracy-by-
+        context-size metric: `"policy"` for the pass that ran with the gates active, `"reference"` for the one with
+        adapters off (or TRL's "ref" adapter). Each pass is identified by the state of the gated layers when it runs,
+        not by its position among TRL's private forward calls. Read-only: outputs are unchanged."""
+        captured: dict[str, torch.Tensor] = {}
 
         def hook(module, args, output):
             log_probs = getattr(output, "log_probs", None)
             if log_probs is not None:
-                captured.append(log_probs.detach())
+                captured["policy" if self._modulator.gates_active() else "reference"] = log_probs.detach()
 
         handle = self.model.register_forward_hook(hook)
         try:
@@ -119,6 +120,9 @@ class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
             handle.remove()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's `DPOTrainer.compute_loss` (any `loss_type`) on the targets under the episode's gates; the reference
+        pass runs with adapters, hence gates, off. Adds the KL term of a Gaussian latent and the implicit-reward
+        accuracy on unseen targets by context size."""
         mode = "train" if self.model.training else "eval"
         batch = self._np_pop_context(inputs)
         latents = self._np_modulate(batch)
@@ -129,28 +133,25 @@ class NPDPOTrainer(NPTrainerMixin, DPOTrainer):
             loss = loss + self.args.kl_weight * latents.kl
             self._metrics[mode]["kl"].append(self.accelerator.gather_for_metrics(latents.kl.detach()).mean().item())
         with torch.no_grad():
-            self._log_unseen_accuracy(mode, captured, inputs, batch)
+            self._log_implicit_reward_accuracy(mode, captured, inputs, batch)
         return (loss, outputs) if return_outputs else loss
 
-    def _log_unseen_accuracy(self, mode, captured, inputs, batch) -> None:
-        """Implicit-reward accuracy (beta * log-ratio of chosen > of rejected) on unseen targets, by context size."""
+    def _log_implicit_reward_accuracy(self, mode, captured, inputs, batch) -> None:
+        """Implicit-reward accuracy (log-ratio of chosen > of rejected) on unseen targets, by context size."""
+        if "policy" not in captured:
+            raise RuntimeError("TRL's DPO loss ran no forward pass with the LoRA gates active: nothing to measure.")
         seq_len = inputs["completion_mask"].shape[1] - 1
-        policy = captured[0][:, -seq_len:].sum(dim=1)
+        policy = captured["policy"][:, -seq_len:].sum(dim=1)
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
-            ref_chosen, ref_rejected = captured[1][:, -seq_len:].sum(dim=1).chunk(2)
+            ref_chosen, ref_rejected = captured["reference"][:, -seq_len:].sum(dim=1).chunk(2)
         chosen, rejected = policy.chunk(2)
         correct = (chosen - ref_chosen) > (rejected - ref_rejected)
-        log_unseen_accuracy(self, mode, correct, batch)
+        self._np_count_unseen_accuracy(mode, correct, batch)
 
-    def steerable_model(self):
-        """The policy being trained, as a [`SteerablePolicy`] (shares weights, embedder and hooks)."""
-        from ..modeling.policy import SteerablePolicy
-
+    def steerable_model(self) -> SteerablePolicy:
+        """The policy being trained, as a [`SteerablePolicy`] (shares weights, embedder and gates)."""
         return SteerablePolicy(
-            self.model, self.processing_class, self.fssa_config(), self._store.embedder, self._modulator
+            self.model, self.processing_class, self.fssa_config, self._store.embedder, self._modulator
         )
-
-    def fssa_config(self):
-        return {**super().fssa_config(), "beta": self.args.beta}

@@ -1,0 +1,147 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""Config fields the NP trainers share: users and episodes, context embeddings and the latent encoder (all three
+trainers), and the LoRA hypernetwork (the two LoRA trainers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.embeddings import POOLINGS
+from ..data.episodes import TOO_FEW_PAIRS_POLICIES
+from ..modeling.latent_encoder import AGGREGATIONS, LATENT_TYPES
+
+
+@dataclass
+class NPEpisodeArguments:
+    r"""Fields shared by [`NPRewardConfig`], [`NPEmbeddingRewardConfig`] and [`NPDPOConfig`]: users, episodes,
+    context embeddings and the latent encoder.
+
+    Parameters:
+        user_column (`str`, *optional*, defaults to `"user_id"`):
+            Column naming the user (or attribute group) behind each preference pair.
+        num_targets (`int`, *optional*, defaults to `16`):
+            Target pairs T per episode. A batch of `per_device_train_batch_size` episodes holds that many times T
+            pairs.
+        min_context (`int`, *optional*, defaults to `0`):
+            Smallest context size C drawn in training (0 trains the 0-shot prior).
+        max_context (`int`, *optional*, defaults to `10`):
+            Largest context size; C is uniform in `[min_context, max_context]` and the context is a subset of the
+            episode's targets, so `max_context <= num_targets`.
+        episode_passes (`int`, *optional*, defaults to `1`):
+            Shuffled passes over each user's pairs when the training episodes are drawn (more passes: more distinct
+            target sets and contexts per epoch). Episodes are drawn once from `seed`, so resuming is exact.
+        too_few_pairs (`str`, *optional*, defaults to `"skip"`):
+            What to do with a user who has fewer pairs than one episode needs: `"skip"` (logged with a count),
+            `"replace"` (sample that user's pairs with replacement) or `"error"` (raise before training).
+        eval_context_sizes (`list[int]`, *optional*, defaults to `[0, 1, 3, 5, 10]`):
+            Context sizes of evaluation episodes; their contexts are disjoint from their targets, and accuracy on
+            unseen pairs is logged per size as `eval_accuracy_ctx{C}`.
+        context_embedding (`str`, *optional*, defaults to `"base"`):
+            Source of the context embeddings e(prompt, response): `"base"` (the frozen base model, adapters off, no
+            grad), `"precomputed"` (float list columns `chosen_embedding` / `rejected_embedding`), or the name or
+            path of any Hugging Face encoder. Each distinct text is embedded once, before training.
+        context_embedding_pooling (`str`, *optional*, defaults to `"mean"`):
+            `"mean"` over tokens or `"last"` token of the last hidden state.
+        context_max_length (`int`, *optional*, defaults to `256`):
+            Texts are truncated to this many tokens for the context embedding.
+        embedding_batch_size (`int`, *optional*, defaults to `32`):
+            Texts per forward pass when embedding.
+        embedding_cache_dir (`str`, *optional*):
+            If set, text embeddings also persist on disk there (safetensors) and are reused by later runs.
+        latent_dim (`int`, *optional*, defaults to `64`):
+            Dimension of the user latent z.
+        encoder_hidden_dim (`int`, *optional*, defaults to `256`):
+            Width of the latent encoder's MLPs.
+        aggregation (`str`, *optional*, defaults to `"mean"`):
+            Set aggregation of the encoder: `"mean"`, `"sum"` or `"attention"` (masked self-attention, then mean).
+        aggregation_num_heads (`int`, *optional*, defaults to `4`):
+            Attention heads for `aggregation="attention"`.
+        latent_type (`str`, *optional*, defaults to `"deterministic"`):
+            `"deterministic"` (conditional NP) or `"gaussian"` (latent NP trained with the ELBO).
+        kl_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of KL(q(z | targets) || q(z | context)) for `latent_type="gaussian"`.
+    """
+
+    user_column: str = field(default="user_id", metadata={"help": "Column naming the user behind each pair."})
+    num_targets: int = field(default=16, metadata={"help": "Target pairs per episode."})
+    min_context: int = field(default=0, metadata={"help": "Smallest context size drawn in training."})
+    max_context: int = field(default=10, metadata={"help": "Largest context size drawn in training (<= num_targets)."})
+    episode_passes: int = field(default=1, metadata={"help": "Shuffled passes over each user's pairs per epoch."})
+    too_few_pairs: str = field(
+        default="skip", metadata={"help": "Users with too few pairs: 'skip', 'replace' or 'error'."}
+    )
+    eval_context_sizes: list[int] = field(
+        default_factory=lambda: [0, 1, 3, 5, 10], metadata={"help": "Context sizes of evaluation episodes."}
+    )
+    context_embedding: str = field(
+        default="base", metadata={"help": "'base', 'precomputed', or a Hugging Face encoder name or path."}
+    )
+    context_embedding_pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'."})
+    context_max_length: int = field(default=256, metadata={"help": "Max tokens per embedded text."})
+    embedding_batch_size: int = field(default=32, metadata={"help": "Texts per embedding forward pass."})
+    embedding_cache_dir: str | None = field(default=None, metadata={"help": "Persist text embeddings here."})
+    latent_dim: int = field(default=64, metadata={"help": "Dimension of the user latent z."})
+    encoder_hidden_dim: int = field(default=256, metadata={"help": "Width of the latent encoder."})
+    aggregation: str = field(default="mean", metadata={"help": "'mean', 'sum' or 'attention'."})
+    aggregation_num_heads: int = field(default=4, metadata={"help": "Heads for attention aggregation."})
+    latent_type: str = field(default="deterministic", metadata={"help": "'deterministic' or 'gaussian'."})
+    kl_weight: float = field(default=1.0, metadata={"help": "KL weight of the NP ELBO (gaussian latent)."})
+
+    def _check_episode_arguments(self) -> None:
+        """Raise a `ValueError` naming the field and the fix for every bad value or combination."""
+        if self.min_context < 0:
+            raise ValueError(f"`min_context` must be >= 0, got {self.min_context}.")
+        if self.min_context > self.max_context:
+            raise ValueError(
+                f"`min_context` ({self.min_context}) must be <= `max_context` ({self.max_context}): lower "
+                "`min_context` or raise `max_context`."
+            )
+        if self.num_targets < 1:
+            raise ValueError(f"`num_targets` must be >= 1, got {self.num_targets}.")
+        if self.max_context > self.num_targets:
+            raise ValueError(
+                f"`max_context` ({self.max_context}) must be <= `num_targets` ({self.num_targets}): training contexts "
+                "are drawn from the episode's targets. Raise `num_targets` or lower `max_context`."
+            )
+        if self.episode_passes < 1:
+            raise ValueError(f"`episode_passes` must be >= 1, got {self.episode_passes}.")
+        if self.too_few_pairs not in TOO_FEW_PAIRS_POLICIES:
+            raise ValueError(f"`too_few_pairs` must be one of {TOO_FEW_PAIRS_POLICIES}, got {self.too_few_pairs!r}.")
+        if not self.eval_context_sizes or min(self.eval_context_sizes) < 0:
+            raise ValueError(f"`eval_context_sizes` must be non-empty and >= 0, got {self.eval_context_sizes}.")
+        if self.context_embedding_pooling not in POOLINGS:
+            raise ValueError(
+                f"`context_embedding_pooling` must be one of {POOLINGS}, got {self.context_embedding_pooling!r}."
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+        if self.latent_type not in LATENT_TYPES:
+            raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {self.latent_type!r}.")
+        if self.kl_weight < 0:
+            raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+        for name in ("encoder_hidden_dim", "aggregation_num_heads", "context_max_length", "embedding_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.latent_dim < 0:
+            raise ValueError(f"`latent_dim` must be >= 0, got {self.latent_dim}.")
+        if self.aggregation == "attention" and self.encoder_hidden_dim % self.aggregation_num_heads:
+            raise ValueError(
+                f"`encoder_hidden_dim` ({self.encoder_hidden_dim}) must be divisible by `aggregation_num_heads` "
+                f"({self.aggregation_num_heads})."
+            )
+
+
+@dataclass
+class GatedLoRAArguments:
+    r"""Fields of the LoRA trainers ([`NPRewardConfig`], [`NPDPOConfig`]): the hypernetwork that gates the LoRA layers.
+
+    Parameters:
+        hypernetwork_hidden_dim (`int`, *optional*, defaults to `256`):
+            Width of the hypernetwork that maps z to rank-wise LoRA gates.
+    """
+
+    hypernetwork_hidden_dim: int = field(default=256, metadata={"help": "Width of the LoRA hypernetwork."})
+
+    def _check_hypernetwork_arguments(self) -> None:
+        if self.hypernetwork_hidden_dim < 1:
+            raise ValueError(f"`hypernetwork_hidden_dim` must be >= 1, got {self.hypernetwork_hidden_dim}.")

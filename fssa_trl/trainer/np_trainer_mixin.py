@@ -1,0 +1,165 @@
+# Copyright 2026 The fssa_trl developers. Apache-2.0.
+"""What every NP trainer does the same way: validate the data, turn pairs into episodes, collate context sets, log
+accuracy by context size, save and restore the NP modules. Mixed in before the Trainer class."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
+from ..data.embeddings import ContextEmbeddingStore
+from ..data.episode_dataset import EPISODE_COLUMNS, build_episode_dataset
+from ..data.validation import check_preference_dataset
+from ..modeling.config import ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
+from ..modeling.np_modules import load_np_weights, np_state_dict, save_np_modules
+
+
+class NPTrainerMixin:
+    """Shared machinery of [`NPRewardTrainer`], [`NPEmbeddingRewardTrainer`] and [`NPDPOTrainer`].
+
+    A trainer sets `_np_token_columns` (the per-pair columns its target collator reads) and, once its NP modules
+    exist, `_store` (the context embeddings) and `fssa_config` (what `save_model` writes as `fssa_config.json`).
+    """
+
+    _np_token_columns: tuple[str, ...] = ()
+    # Class defaults: set by the trainer once its NP modules exist (episodes can be built from then on).
+    _store: ContextEmbeddingStore | None = None
+    fssa_config: SteerableConfig | None = None
+
+    # ------------------------------------------------------------------------------------------------------ data
+    @staticmethod
+    def _np_check_dataset(args, dataset, dataset_name: str, text_required: bool = True) -> None:
+        check_preference_dataset(
+            dataset, dataset_name, args.user_column, args.context_embedding == "precomputed", text_required
+        )
+
+    @classmethod
+    def _np_check_datasets(cls, args, train_dataset, eval_dataset, text_required: bool = True) -> None:
+        """Validate every dataset before any model is loaded or text embedded."""
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required")
+        cls._np_check_dataset(args, train_dataset, "train", text_required)
+        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        for name, dataset in eval_sets.items():
+            if dataset is not None:
+                cls._np_check_dataset(args, dataset, name, text_required)
+
+    @staticmethod
+    def _np_episodes(dataset, store: ContextEmbeddingStore, args, dataset_name: str, token_columns=()):
+        """Episodes of a (possibly tokenized) pair dataset: training episodes for "train", evaluation ones otherwise."""
+        return build_episode_dataset(
+            dataset,
+            store,
+            dataset_name,
+            training=dataset_name == "train",
+            user_column=args.user_column,
+            num_targets=args.num_targets,
+            min_context=args.min_context,
+            max_context=args.max_context,
+            eval_context_sizes=args.eval_context_sizes,
+            too_few_pairs=args.too_few_pairs,
+            episode_passes=args.episode_passes,
+            seed=args.seed,
+            token_columns=token_columns,
+        )
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [*self._np_token_columns, *EPISODE_COLUMNS]
+
+    @staticmethod
+    def _np_collator(store: ContextEmbeddingStore, target_collator, include_target_embeddings: bool):
+        return DataCollatorForContextSets(
+            embeddings=lambda: store.table,
+            target_collator=target_collator,
+            include_target_embeddings=include_target_embeddings,
+        )
+
+    @staticmethod
+    def _np_pop_context(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Remove the context-set keys from the batch: models swallow unknown kwargs silently."""
+        return {key: inputs.pop(key) for key in CONTEXT_KEYS if key in inputs}
+
+    # ------------------------------------------------------------------------------------------------- modules
+    @staticmethod
+    def _np_encoder_config(args, embedding_dim: int) -> LatentEncoderConfig:
+        return LatentEncoderConfig(
+            embedding_dim=embedding_dim,
+            latent_dim=args.latent_dim,
+            hidden_dim=args.encoder_hidden_dim,
+            aggregation=args.aggregation,
+            latent_type=args.latent_type,
+            num_heads=args.aggregation_num_heads,
+        )
+
+    @staticmethod
+    def _np_context_embedding_config(args, store: ContextEmbeddingStore) -> ContextEmbeddingConfig:
+        source = args.context_embedding if args.context_embedding in ("base", "precomputed") else "encoder"
+        return ContextEmbeddingConfig(
+            source=source,
+            name_or_path=None if store.embedder is None else str(store.embedder.name),
+            pooling=args.context_embedding_pooling,
+            max_length=args.context_max_length,
+        )
+
+    def _np_zero3_leaf_modules(self) -> None:
+        if self.is_deepspeed_enabled and any(isinstance(m, nn.MultiheadAttention) for m in self.model.modules()):
+            from deepspeed.utils import set_z3_leaf_modules
+
+            # ZeRO-3 gathers parameters per module when it is called; nn.MultiheadAttention reads out_proj.weight
+            # without calling out_proj, which stays partitioned ("mat2 must be a matrix"). Leaves are gathered whole.
+            set_z3_leaf_modules(self.model, [nn.MultiheadAttention])
+
+    # ----------------------------------------------------------------------------------------------- metrics
+    def _np_count_unseen_accuracy(self, mode: str, correct: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Count, per context size, the unseen targets of a batch and how many of them are ranked correctly.
+
+        The counts accumulate on the device, with no device sync and a handful of ops per step; [`_np_flush_accuracy`]
+        (called by `log`) reduces them over processes once and logs `accuracy_unseen` and `accuracy_ctx{C}`, pooled
+        over the steps since the last log.
+        """
+        num_sizes = max(self.args.max_context, *self.args.eval_context_sizes) + 1
+        sizes = batch["target_context_size"].clamp(max=num_sizes - 1)
+        bins = torch.where(batch["target_unseen"], sizes, num_sizes)  # seen targets go to a spill bin
+        key = bins * 2 + correct  # (bin, correct) -> one index
+        counts = self._np_accuracy_counts.get(mode)
+        if counts is None:
+            counts = self._np_accuracy_counts[mode] = torch.zeros(
+                2 * (num_sizes + 1), dtype=torch.long, device=key.device
+            )
+        counts.index_add_(0, key, torch.ones_like(key))
+
+    @property
+    def _np_accuracy_counts(self) -> dict[str, torch.Tensor]:
+        return self.__dict__.setdefault("_np_accuracy_counts_by_mode", {})
+
+    def _np_flush_accuracy(self, mode: str) -> None:
+        """Reduce the accumulated counts of `mode` over processes and append the accuracies to `self._metrics[mode]`.
+        Every process calls it (from `log`), also one that counted nothing, so that the reduction matches."""
+        num_sizes = max(self.args.max_context, *self.args.eval_context_sizes) + 1
+        counts = self._np_accuracy_counts.pop(mode, None)
+        if counts is None:
+            counts = torch.zeros(2 * (num_sizes + 1), dtype=torch.long, device=self.args.device)
+        misses, hits = self.accelerator.reduce(counts, reduction="sum").view(-1, 2)[:num_sizes].T.tolist()
+        total = sum(misses) + sum(hits)
+        if total == 0:
+            return
+        self._metrics[mode]["accuracy_unseen"].append(sum(hits) / total)
+        for size, (miss, hit) in enumerate(zip(misses, hits, strict=True)):
+            if miss + hit:
+                self._metrics[mode][f"accuracy_ctx{size}"].append(hit / (miss + hit))
+
+    # ------------------------------------------------------------------------------------------ save and restore
+    def _np_save(self, output_dir: str, state_dict) -> None:
+        """Write `fssa_np.safetensors` and `fssa_config.json` (main process). `state_dict` is the consolidated one
+        under ZeRO-3 (gathered on every rank by `save_model`), else `None`."""
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            save_np_modules(output_dir, np_state_dict(self.model, state_dict), self.fssa_config)
+
+    def _np_load(self, checkpoint: str) -> None:
+        load_np_weights(self.model.fssa_np, checkpoint)
