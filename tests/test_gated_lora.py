@@ -303,3 +303,17 @@ def test_conv1d_projections_are_gated_and_fold_exactly():
     assert not torch.allclose(gated, logits(model, inputs))
     fold_latent_into_lora(model, gates[0])
     torch.testing.assert_close(logits(model, inputs), gated, atol=1e-6, rtol=0)
+
+
+def test_per_layer_scaling_with_alpha_pattern(tokenizer, inputs):
+    """Layers with different LoRA scalings (`alpha_pattern`) each get their own scaling folded into the gate."""
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_reward_model(tokenizer), gated_lora_config(lora_config(alpha_pattern={"v_proj": 32})))
+    model.eval()
+    modulator = LoRAModulator(model)
+    assert len({layer.scaling["default"] for _, layer in modulator.layers}) == 2
+    gates = random_gates(modulator, 1)
+    with modulator.apply(Modulation(gates)):
+        gated = logits(model, inputs)
+    fold_latent_into_lora(model, gates[0])
+    torch.testing.assert_close(logits(model, inputs), gated, atol=1e-6, rtol=0)

@@ -414,3 +414,18 @@ def test_no_hook_on_any_lora_module(tokenizer, data, tmp_path):
     assert all(layer._fssa_gate is None for layer in layers)
     trainer.train()
     assert hooks() == 0
+
+
+def test_precomputed_context_embeddings_train_and_evaluate(tokenizer, tmp_path):
+    """A LoRA reward model whose contexts come from precomputed embedding columns: `evaluate_few_shot` passes the
+    contexts as embeddings and the targets as text."""
+    data = style_preference_dataset(32, seed=0)
+    g = torch.Generator().manual_seed(0)
+    for column in ("chosen_embedding", "rejected_embedding"):
+        data = data.add_column(column, torch.randn(len(data), 8, generator=g).tolist())
+    trainer = make_trainer(tokenizer, data, tmp_path, max_steps=2, context_embedding="precomputed")
+    trainer.train()
+    model = trainer.steerable_model()
+    assert model.embedder is None and not model.scores_embeddings
+    results = evaluate_few_shot(model, data, context_sizes=(0, 3), num_targets=8)
+    assert results.context_sizes == [0, 3] and results.users == ["A", "B"]

@@ -231,9 +231,6 @@ class LoRAModulator:
         self.layers = find_gated_lora_layers(model, adapter_name)
         self.adapter_name = adapter_name
         self.head_module = head_module
-        scalings = [float(layer.scaling[adapter_name]) for _, layer in self.layers]
-        # One scalar when every layer shares its scaling (the usual case); per layer otherwise (alpha_pattern).
-        self._scaling = scalings[0] if len(set(scalings)) == 1 else torch.tensor(scalings).view(1, -1, 1)
 
     @property
     def num_layers(self) -> int:
@@ -248,6 +245,14 @@ class LoRAModulator:
                 "`rank_pattern` from the LoraConfig."
             )
         return ranks.pop()
+
+    def _scaling(self, device: torch.device) -> float | torch.Tensor:
+        """The layers' LoRA scaling, read at each call (PEFT may rescale adapters): one number when every layer
+        shares it (the usual case), else a `(1, num_layers, 1)` tensor (`alpha_pattern`)."""
+        scalings = [float(layer.scaling[self.adapter_name]) for _, layer in self.layers]
+        if len(set(scalings)) == 1:
+            return scalings[0]
+        return torch.tensor(scalings, device=device).view(1, -1, 1)
 
     def gates_active(self) -> bool:
         """Whether a forward pass run now would apply the gates (adapter enabled, active and not merged)."""
@@ -265,10 +270,7 @@ class LoRAModulator:
                 f"The modulation's gates have shape {tuple(modulation.gates.shape)}, expected (N, {self.num_layers}, "
                 f"{self.rank}) for this model's gated LoRA layers."
             )
-        scaling = self._scaling
-        if isinstance(scaling, torch.Tensor):
-            scaling = scaling.to(modulation.gates.device)
-        gates = GateSet(modulation.gates, scaling, self.adapter_name)
+        gates = GateSet(modulation.gates, self._scaling(modulation.gates.device), self.adapter_name)
         previous = [layer._fssa_gate for _, layer in self.layers]
         handle = None
         try:

@@ -68,6 +68,15 @@ class SteerableRewardModel(SteerableModel):
 
     config_class = RewardModelConfig
 
+    def __init__(self, model: nn.Module, tokenizer=None, fssa_config=None, embedder: TextEmbedder | None = None):
+        if type(self) is SteerableRewardModel:
+            raise TypeError(
+                "SteerableRewardModel is the common interface of the reward models: load one with "
+                "`SteerableRewardModel.from_pretrained(path)`, take `trainer.steerable_model()`, or wrap a plain reward "
+                "model in `ContextFreeRewardModel(model, tokenizer)`."
+            )
+        super().__init__(model, tokenizer, fssa_config, embedder)
+
     def score(
         self,
         prompts: Sequence,

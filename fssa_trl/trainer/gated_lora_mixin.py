@@ -85,7 +85,11 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
         self.model.fssa_np = NPModules.from_config(self.fssa_config).to(device=args.device, dtype=dtype)
         self._modulator, self._store = modulator, store
         self._np_zero3_leaf_modules()
+        self._np_episode_datasets()
 
+    def _np_episode_datasets(self) -> None:
+        """Turn the datasets TRL tokenized in `__init__` into episodes, and wrap TRL's collator."""
+        args = self.args
         self.train_dataset = self._prepare_dataset(self.train_dataset, self.processing_class, args, "train")
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {
@@ -94,7 +98,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
         elif self.eval_dataset is not None:
             self.eval_dataset = self._prepare_dataset(self.eval_dataset, self.processing_class, args, "eval")
         include_targets = args.latent_type == "gaussian"  # q(z | targets) of the NP ELBO
-        self.data_collator = self._np_collator(store, self.data_collator, include_targets)
+        self.data_collator = self._np_collator(self._store, self.data_collator, include_targets)
 
     # ------------------------------------------------------------------------------------------------------- data
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
