@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Sequence
 
@@ -47,7 +48,7 @@ def reward_head_module(model: nn.Module) -> nn.Module:
     raise ValueError("`condition_reward_head=True` needs a sequence-classification model with a `score` head.")
 
 
-class SteerableRewardModel(SteerableModel):
+class SteerableRewardModel(SteerableModel, metaclass=abc.ABCMeta):
     r"""A few-shot steerable reward model: `score(prompts, responses, context=ctx)` gives one user's rewards, where
     `ctx` is a list of that user's choices `{"prompt", "chosen", "rejected"}` (no gradient step involved).
 
@@ -68,15 +69,16 @@ class SteerableRewardModel(SteerableModel):
 
     config_class = RewardModelConfig
 
-    def __init__(self, model: nn.Module, tokenizer=None, fssa_config=None, embedder: TextEmbedder | None = None):
-        if type(self) is SteerableRewardModel:
+    def __new__(cls, *args, **kwargs):
+        if cls is SteerableRewardModel:
             raise TypeError(
                 "SteerableRewardModel is the common interface of the reward models: load one with "
                 "`SteerableRewardModel.from_pretrained(path)`, take `trainer.steerable_model()`, or wrap a plain reward "
                 "model in `ContextFreeRewardModel(model, tokenizer)`."
             )
-        super().__init__(model, tokenizer, fssa_config, embedder)
+        return super().__new__(cls)
 
+    @abc.abstractmethod
     def score(
         self,
         prompts: Sequence,
@@ -89,7 +91,6 @@ class SteerableRewardModel(SteerableModel):
 
         Returns a float32 CPU tensor of shape `(N,)`.
         """
-        raise NotImplementedError
 
     @staticmethod
     def _check_lengths(prompts, responses) -> None:

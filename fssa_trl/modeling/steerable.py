@@ -74,6 +74,7 @@ class SteerableModel(nn.Module):
         if cls.config_class is None:
             raise ValueError(f"{cls.__name__} has no saved form to load.")
         modules, config = load_np_modules(path, cls.config_class)
+        # Each concrete class builds its model in `_from_folder(path, config, modules, base_model_name_or_path, dtype)`.
         target = cls if cls.config_class is type(config) else SteerableModel._loaders[type(config)]
         model = target._from_folder(path, config, modules, base_model_name_or_path, dtype)
         if device is not None:
@@ -82,10 +83,6 @@ class SteerableModel(nn.Module):
                 model.embedder.model.to(device)
         model.model.eval()
         return model
-
-    @classmethod
-    def _from_folder(cls, path, config, modules: NPModules, base_model_name_or_path, dtype) -> SteerableModel:
-        raise NotImplementedError
 
     @property
     def np_modules(self) -> NPModules | None:
