@@ -292,3 +292,11 @@ def test_reference_log_probs_are_computed_once_and_match_the_base(trained, token
         expected = policy._sequence_log_probs(*policy._completion_batch(prompts, responses))
     torch.testing.assert_close(policy.reference_log_probs(prompts, responses), expected)
     assert not torch.equal(first, second)
+
+
+def test_a_reward_config_names_its_trainer(tokenizer, tmp_path):
+    from fssa_trl import NPRewardConfig
+
+    args = NPRewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(TypeError, match="must be an `NPDPOConfig`.*configures `NPRewardTrainer`"):
+        NPDPOTrainer(model=tiny_causal_lm(tokenizer), args=args, train_dataset=style_preference_dataset(8))

@@ -129,3 +129,8 @@ def test_saved_weights_must_match_the_config(tmp_path):
     write(tmp_path, data)
     with pytest.raises(RuntimeError, match="size mismatch"):
         SteerableRewardModel.from_pretrained(folder)
+
+
+def test_precomputed_model_has_no_backbone_to_override(tmp_path):
+    with pytest.raises(ValueError, match="no backbone to replace"):
+        SteerableRewardModel.from_pretrained(save_folder(tmp_path, "embedding"), base_model_name_or_path="x")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .collator import right_pad
+from .validation import EMBEDDING_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -246,4 +247,4 @@ def embedding_dim(embedder: TextEmbedder | None, dataset) -> int:
         if hidden:
             return hidden
         return embedder.embed(["dimension probe"]).shape[-1]
-    return len(dataset[0]["chosen_embedding"])
+    return len(dataset[0][EMBEDDING_COLUMNS[0]])

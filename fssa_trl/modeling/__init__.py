@@ -1,6 +1,7 @@
 from .config import (
     ContextEmbeddingConfig,
     EmbeddingRewardModelConfig,
+    GatedLoRAModelConfig,
     HypernetworkConfig,
     LatentEncoderConfig,
     LoRARewardModelConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "ContextFreeRewardModel",
     "EmbeddingRewardDecoder",
     "EmbeddingRewardModelConfig",
+    "GatedLoRAModelConfig",
     "GatedLoraLinear",
     "HypernetworkConfig",
     "LatentEncoderConfig",

@@ -21,7 +21,7 @@ import json
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..version import __version__
@@ -244,19 +244,25 @@ class SteerableConfig:
 
 
 @dataclass(kw_only=True)
+class GatedLoRAModelConfig(SteerableConfig):
+    """Base of the configs of models whose LoRA layers the hypernetwork gates (LoRA reward models and policies)."""
+
+    hypernetwork: HypernetworkConfig
+    adapter_name: str = "default"
+
+
+@dataclass(kw_only=True)
 class RewardModelConfig(SteerableConfig):
     """Base of the reward-model configs (what `SteerableRewardModel.from_pretrained` accepts)."""
 
 
 @dataclass(kw_only=True)
-class LoRARewardModelConfig(RewardModelConfig):
+class LoRARewardModelConfig(RewardModelConfig, GatedLoRAModelConfig):
     """A LoRA reward model (`NPRewardTrainer`): a sequence-classification model whose LoRA layers are gated by z."""
 
     model_type: ClassVar[str] = "np_lora_reward_model"
     loaded_by: ClassVar[str] = "SteerableRewardModel.from_pretrained"
 
-    hypernetwork: HypernetworkConfig
-    adapter_name: str = "default"
     condition_reward_head: bool = False
 
     def __post_init__(self):
@@ -279,12 +285,10 @@ class EmbeddingRewardModelConfig(RewardModelConfig):
 
 
 @dataclass(kw_only=True)
-class PolicyConfig(SteerableConfig):
+class PolicyConfig(GatedLoRAModelConfig):
     """A policy (`NPDPOTrainer`): a causal LM whose LoRA layers are gated by z; `beta` scales its implicit reward."""
 
     model_type: ClassVar[str] = "np_dpo_policy"
     loaded_by: ClassVar[str] = "SteerablePolicy.from_pretrained"
 
-    hypernetwork: HypernetworkConfig
-    adapter_name: str = "default"
-    beta: float = field(default=0.1)
+    beta: float = 0.1

@@ -190,6 +190,11 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
 
             tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer the trainer used, saved beside the weights
         if base_model_name_or_path is not None:
+            if config.context_embedding.source == "precomputed":
+                raise ValueError(
+                    f"{path!r} was trained on precomputed embeddings: it has no backbone to replace with "
+                    "`base_model_name_or_path`. Drop that argument."
+                )
             config.context_embedding.name_or_path = base_model_name_or_path
         embedder = embedder_from_config(config.context_embedding, tokenizer=tokenizer)
         return cls(NPEmbeddingRewardModel(modules), tokenizer, config, embedder)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
-from .config import ContextEmbeddingConfig, SteerableConfig
+from .config import ContextEmbeddingConfig, GatedLoRAModelConfig, SteerableConfig
 from .gated_lora import gated_lora_config
 from .np_modules import NPModules, load_np_modules
 
@@ -155,7 +155,9 @@ def embedder_from_config(
     return TextEmbedder.from_pretrained(source.name_or_path, tokenizer=tokenizer, **kwargs)
 
 
-def load_gated_peft_model(path: str, auto_class, config, modules: NPModules, base_model_name_or_path, dtype, **kw):
+def load_gated_peft_model(
+    path: str, auto_class, config: GatedLoRAModelConfig, modules: NPModules, base_model_name_or_path, dtype, **kw
+):
     """Base model + gated PEFT adapter + NP modules from a folder written by an NP trainer (safetensors and JSON).
 
     Returns the PEFT model (with `fssa_np` attached), its tokenizer and the context embedder.

@@ -74,10 +74,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
         quantization_config=None,
         peft_config=None,
     ):
-        if args is None:
-            args = NPDPOConfig(output_dir="np-dpo-model")
-        elif not isinstance(args, NPDPOConfig):
-            raise TypeError(f"`args` must be an `NPDPOConfig`, got {type(args).__name__}.")
+        args = self._np_args(args, NPDPOConfig, "np-dpo-model")
         if ref_model is not None:
             raise ValueError(
                 "NPDPOTrainer uses the base model with adapters and modulation off as the reference, without a second "

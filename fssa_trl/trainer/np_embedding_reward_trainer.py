@@ -15,7 +15,6 @@ from ..modeling.np_modules import NPModules
 from ..modeling.reward_head import preference_log_likelihood
 from ..modeling.reward_model import SteerableEmbeddingRewardModel
 from .np_embedding_reward_config import NPEmbeddingRewardConfig
-from .np_reward_config import NPRewardConfig
 from .np_trainer_mixin import NPTrainerMixin
 
 
@@ -76,15 +75,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         optimizers=(None, None),
         optimizer_cls_and_kwargs=None,
     ):
-        if args is None:
-            args = NPEmbeddingRewardConfig(output_dir="np-embedding-reward-model")
-        elif isinstance(args, NPRewardConfig):
-            raise TypeError(
-                "`args` is an `NPRewardConfig`, the config of LoRA reward models: train those with `NPRewardTrainer`. "
-                "NPEmbeddingRewardTrainer takes an `NPEmbeddingRewardConfig`."
-            )
-        elif not isinstance(args, NPEmbeddingRewardConfig):
-            raise TypeError(f"`args` must be an `NPEmbeddingRewardConfig`, got {type(args).__name__}.")
+        args = self._np_args(args, NPEmbeddingRewardConfig, "np-embedding-reward-model")
         precomputed = args.context_embedding == "precomputed"
         self._np_check_datasets(args, train_dataset, eval_dataset, text_required=not precomputed)
         embedder, processing_class = self._frozen_embedder(model, args, processing_class)

@@ -8,7 +8,6 @@ from trl import RewardTrainer
 from ..modeling.config import LoRARewardModelConfig
 from ..modeling.reward_model import SteerableLoRARewardModel, reward_head_module
 from .gated_lora_mixin import GatedLoRATrainerMixin
-from .np_embedding_reward_config import NPEmbeddingRewardConfig
 from .np_reward_config import NPRewardConfig
 
 
@@ -72,15 +71,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
         quantization_config=None,
         peft_config=None,
     ):
-        if args is None:
-            args = NPRewardConfig(output_dir="np-reward-model")
-        elif isinstance(args, NPEmbeddingRewardConfig):
-            raise TypeError(
-                "`args` is an `NPEmbeddingRewardConfig`: the frozen-embedding reward model has its own trainer, "
-                "`NPEmbeddingRewardTrainer`. NPRewardTrainer trains LoRA reward models with an `NPRewardConfig`."
-            )
-        elif not isinstance(args, NPRewardConfig):
-            raise TypeError(f"`args` must be an `NPRewardConfig`, got {type(args).__name__}.")
+        args = self._np_args(args, NPRewardConfig, "np-reward-model")
         self._np_check_datasets(args, train_dataset, eval_dataset)
         super().__init__(
             model=model,

@@ -16,6 +16,16 @@ from ..data.episode_dataset import EPISODE_COLUMNS, build_episode_dataset
 from ..data.validation import check_preference_dataset
 from ..modeling.config import ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
 from ..modeling.np_modules import load_np_weights, np_state_dict, save_np_modules
+from .np_dpo_config import NPDPOConfig
+from .np_embedding_reward_config import NPEmbeddingRewardConfig
+from .np_reward_config import NPRewardConfig
+
+# Which trainer each NP config belongs to, for the error when a config reaches the wrong one.
+TRAINER_OF_CONFIG = {
+    NPRewardConfig: "NPRewardTrainer",
+    NPEmbeddingRewardConfig: "NPEmbeddingRewardTrainer",
+    NPDPOConfig: "NPDPOTrainer",
+}
 
 
 class NPTrainerMixin:
@@ -29,6 +39,21 @@ class NPTrainerMixin:
     # Class defaults: set by the trainer once its NP modules exist (episodes can be built from then on).
     _store: ContextEmbeddingStore | None = None
     fssa_config: SteerableConfig | None = None
+
+    # ------------------------------------------------------------------------------------------------------ args
+    @classmethod
+    def _np_args(cls, args, config_class, default_output_dir: str):
+        """`args`, or a default `config_class` when `None`; another config raises a `TypeError` naming the trainer it
+        belongs to."""
+        if args is None:
+            return config_class(output_dir=default_output_dir)
+        if isinstance(args, config_class):
+            return args
+        owner = next((name for kind, name in TRAINER_OF_CONFIG.items() if isinstance(args, kind)), None)
+        hint = f" An `{type(args).__name__}` configures `{owner}`: use that trainer." if owner else ""
+        raise TypeError(
+            f"`args` of {cls.__name__} must be an `{config_class.__name__}`, got `{type(args).__name__}`.{hint}"
+        )
 
     # ------------------------------------------------------------------------------------------------------ data
     @staticmethod
