@@ -13,6 +13,7 @@ from .modeling import (
     gated_lora_config,
 )
 from .trainer import (
+    MemorisationWarning,
     NPDPOConfig,
     NPDPOTrainer,
     NPEmbeddingRewardConfig,
@@ -26,6 +27,7 @@ __all__ = [
     "ContextFreeRewardModel",
     "DataCollatorForContextSets",
     "FewShotResults",
+    "MemorisationWarning",
     "NPDPOConfig",
     "NPDPOTrainer",
     "NPEmbeddingRewardConfig",

@@ -14,13 +14,17 @@ from datasets import Dataset
 STYLES = ("a", "b")
 
 
-def word_tokenizer(num_words: int = 24, styles=STYLES):
-    """A whitespace word-level tokenizer over `p0..pN` (prompt words) and `<style>0..<style>N` (response words)."""
+NEUTRAL = "n"
+
+
+def word_tokenizer(num_words: int = 24, styles=STYLES, neutral: bool = False):
+    """A whitespace word-level tokenizer over `p0..pN` (prompt words) and `<style>0..<style>N` (response words), plus
+    `n0..nN` (neutral response words, at the end of the vocabulary) with `neutral=True`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for prefix in ("p", *styles):
+    for prefix in ("p", *styles, *((NEUTRAL,) if neutral else ())):
         for i in range(num_words):
             vocab[f"{prefix}{i}"] = len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -76,18 +80,28 @@ def style_preference_dataset(
     response_words: tuple[int, int] = (3, 6),
     users: dict[str, str] | None = None,
     seed: int = 0,
+    signal_fraction: float = 1.0,
 ) -> Dataset:
     """Two users with opposite preferences over the same kind of pairs: each pair offers one response in style "a"
     (words `a*`) and one in style "b" (words `b*`); user "A" prefers style a, user "B" prefers style b. A model
     without the user's context cannot beat 50% on both users.
 
+    With `signal_fraction < 1` only that fraction of each response's words (at least one) carries its style; the
+    others are neutral words `n*` at random positions, drawn alike for both responses (use
+    `word_tokenizer(neutral=True)`). `signal_fraction=1.0` is the easy task where every token carries the style.
+
     Returns columns `prompt`, `chosen`, `rejected`, `user_id`.
     """
+    if not 0 < signal_fraction <= 1:
+        raise ValueError(f"`signal_fraction` must be in (0, 1], got {signal_fraction}.")
     users = users or {"A": "a", "B": "b"}
     rng = random.Random(seed)
 
     def sentence(prefix: str, length: int) -> str:
-        return " ".join(f"{prefix}{rng.randrange(num_words)}" for _ in range(length))
+        if prefix == "p" or signal_fraction == 1.0:
+            return " ".join(f"{prefix}{rng.randrange(num_words)}" for _ in range(length))
+        styled = set(rng.sample(range(length), max(1, round(signal_fraction * length))))
+        return " ".join(f"{prefix if i in styled else NEUTRAL}{rng.randrange(num_words)}" for i in range(length))
 
     rows = {"prompt": [], "chosen": [], "rejected": [], "user_id": []}
     for user, style in users.items():

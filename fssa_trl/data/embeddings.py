@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from .collator import right_pad
 from .validation import EMBEDDING_COLUMNS
@@ -26,6 +27,7 @@ from .validation import EMBEDDING_COLUMNS
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "last")
+PROGRESS_MIN_BATCHES = 10  # fewer forward passes than this take no time worth a progress bar
 
 
 def pair_text(prompt, response, tokenizer=None) -> str:
@@ -44,6 +46,13 @@ def _backbone(model: nn.Module) -> nn.Module:
     if hasattr(model, "get_base_model"):  # PeftModel
         model = model.get_base_model()
     return getattr(model, "base_model", model)
+
+
+def _rank() -> int:
+    """Global rank of this process (0 outside distributed runs): only rank 0 shows progress bars."""
+    return (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
 
 
 @contextlib.contextmanager
@@ -111,8 +120,12 @@ class TextEmbedder:
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id or 0
+        starts = range(0, len(order), self.batch_size)
+        progress = tqdm(
+            starts, desc="Embedding texts", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES or _rank() != 0
+        )
         with disable, _gathered(body):
-            for start in range(0, len(order), self.batch_size):
+            for start in progress:
                 batch = [texts[i] for i in order[start : start + self.batch_size]]
                 ids = [self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in batch]
                 input_ids, mask = right_pad(ids, pad_id), right_pad([[1] * len(x) for x in ids])

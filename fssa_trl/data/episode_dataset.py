@@ -16,7 +16,13 @@ import torch
 from datasets import Dataset
 
 from .embeddings import ContextEmbeddingStore, pair_text
-from .episodes import build_eval_episodes, build_train_episodes, group_rows_by_user, log_skipped
+from .episodes import (
+    build_eval_episodes,
+    build_train_episodes,
+    group_rows_by_user,
+    log_skipped,
+    split_heldout_rows,
+)
 from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,33 @@ def embedding_indices(dataset: Dataset, store: ContextEmbeddingStore, dataset_na
             f"but earlier embeddings (and the latent encoder) use {store.dim}. Use one embedding model for all datasets."
         )
     return store.add_vectors(chosen), store.add_vectors(rejected)
+
+
+def split_heldout(
+    dataset: Dataset,
+    user_column: str,
+    fraction: float,
+    min_pairs: int,
+    max_pairs: int,
+    min_left: int,
+    seed: int,
+) -> tuple[Dataset, Dataset | None]:
+    """The pairs of `dataset` kept for training and the held-out pairs (`None` when no user has enough pairs), split
+    per user by [`split_heldout_rows`]; both keep the dataset's row order and columns."""
+    kept, heldout = split_heldout_rows(
+        group_rows_by_user(dataset[user_column]), fraction, min_pairs, max_pairs, min_left, seed
+    )
+    if not heldout:
+        logger.warning(
+            "No user has enough preference pairs for a held-out split (%d held out plus %d left for training): "
+            "training without held-out evaluation. Pass an `eval_dataset`, or set `heldout_fraction=0` to silence this.",
+            min_pairs,
+            min_left,
+        )
+        return dataset, None
+    held = sorted(row for rows in heldout.values() for row in rows)
+    logger.info("Held out %d pairs of %d of %d users for evaluation", len(held), len(heldout), len(kept))
+    return dataset.select(sorted(row for rows in kept.values() for row in rows)), dataset.select(held)
 
 
 def build_episode_dataset(

@@ -10,6 +10,7 @@ Trainer's sampler, sharding and checkpoint resume treat them like any other exam
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -139,6 +140,44 @@ def build_eval_episodes(
                     context = rng.sample(others, size)
                 episodes.append(Episode(user, targets, context, [False] * len(targets)))
     return episodes, skipped
+
+
+def split_heldout_rows(
+    rows_by_user: dict[str, list[int]],
+    fraction: float,
+    min_pairs: int,
+    max_pairs: int,
+    min_left: int,
+    seed: int = 0,
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Set aside, per user, pairs that training never sees, for evaluation on unseen pairs of known users.
+
+    A user with n pairs holds out `ceil(fraction * n)` of them, at least `min_pairs` (what one evaluation episode at
+    the largest context size needs) and at most `max_pairs`, drawn at random from `seed`; a user who would then keep
+    fewer than `min_left` pairs (one training episode) holds out none.
+
+    Returns the rows kept for training and the held-out rows, per user (users with no held-out rows are absent from
+    the second dict), each list in dataset order.
+
+    Example:
+
+    ```python
+    >>> train, heldout = split_heldout_rows({"a": list(range(20)), "b": [20, 21]}, 0.1, 3, 8, 4, seed=0)
+    >>> {user: len(rows) for user, rows in train.items()}, {user: len(rows) for user, rows in heldout.items()}
+    ({'a': 17, 'b': 2}, {'a': 3})
+    ```
+    """
+    rng = random.Random(seed)
+    kept, heldout = {}, {}
+    for user, rows in rows_by_user.items():
+        count = min(max(math.ceil(fraction * len(rows)), min_pairs), max_pairs)
+        if len(rows) - count < min_left:
+            kept[user] = rows
+            continue
+        chosen = set(rng.sample(rows, count))
+        kept[user] = [r for r in rows if r not in chosen]
+        heldout[user] = [r for r in rows if r in chosen]
+    return kept, heldout
 
 
 def log_skipped(skipped: list[str], rows_by_user: dict[str, list[int]], dataset_name: str) -> None:

@@ -74,6 +74,9 @@ def _from_dict(cls, data: Any, source: str, prefix: str = ""):
                 raise ValueError(f"{source}: missing field {prefix + name!r} of {cls.__name__}.")
             continue
         annotation, value = hints[name], data[name]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and value is not None:
+            nested = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
+            annotation = nested[0] if nested else annotation  # `SubConfig | None` holding an object
         if dataclasses.is_dataclass(annotation):
             kwargs[name] = _from_dict(annotation, value, source, f"{prefix}{name}.")
         elif not _matches(value, annotation):
@@ -106,6 +109,7 @@ class LatentEncoderConfig:
     aggregation: str
     latent_type: str
     num_heads: int
+    pair_features: str = "concat"  # files written before 0.2 used the concatenation
 
     def __post_init__(self):
         _positive(self, "embedding_dim", "hidden_dim", "num_heads")  # latent_dim 0: a context-free baseline
@@ -122,6 +126,7 @@ class HypernetworkConfig:
     rank: int
     hidden_dim: int
     head_dim: int | None = None
+    init_std: float = 0.0
 
     def __post_init__(self):
         _positive(self, "num_layers", "rank", "hidden_dim", "head_dim")
@@ -136,6 +141,7 @@ class RewardDecoderConfig:
     hidden_dim: int
     num_layers: int
     head: str
+    conditioning: str = "concat"  # files written before 0.2 used the concatenation
 
     def __post_init__(self):
         _positive(self, "embedding_dim", "hidden_dim", "num_layers")
@@ -249,6 +255,9 @@ class GatedLoRAModelConfig(SteerableConfig):
 
     hypernetwork: HypernetworkConfig
     adapter_name: str = "default"
+    # The auxiliary NP-BTL decoder on the context embeddings (trained with `context_btl_weight > 0`), kept so that
+    # a checkpoint restores it; not used at inference.
+    decoder: RewardDecoderConfig | None = None
 
 
 @dataclass(kw_only=True)

@@ -37,7 +37,8 @@ class Modulation:
 
 class LoRAHypernetwork(nn.Module):
     r"""Maps a latent z to rank-wise gates for `num_layers` LoRA layers of rank `rank` (and optionally a reward-head
-    direction of size `head_dim`). Identity at initialisation: gates are `1 + MLP(z)` with a zero-initialised output.
+    direction of size `head_dim`). Gates are `1 + MLP(z)`; with the default zero-initialised output layer the model is
+    plain LoRA at initialisation.
 
     Args:
         latent_dim (`int`): dimension of z.
@@ -45,6 +46,10 @@ class LoRAHypernetwork(nn.Module):
         rank (`int`): LoRA rank r.
         hidden_dim (`int`, *optional*, defaults to `256`): width of the MLP.
         head_dim (`int`, *optional*): hidden size of the reward head to condition; `None` leaves the head alone.
+        init_std (`float`, *optional*, defaults to `0.0`): standard deviation of the output layer's initial weights.
+            `0` makes every gate exactly 1 at initialisation (plain LoRA); a small positive value gives users
+            different gates from the first step, so that LoRA B (zero at initialisation) gets a gradient that does not
+            cancel between users with opposite preferences.
 
     Example:
 
@@ -58,7 +63,13 @@ class LoRAHypernetwork(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int, num_layers: int, rank: int, hidden_dim: int = 256, head_dim: int | None = None
+        self,
+        latent_dim: int,
+        num_layers: int,
+        rank: int,
+        hidden_dim: int = 256,
+        head_dim: int | None = None,
+        init_std: float = 0.0,
     ):
         super().__init__()
         self.num_layers = num_layers
@@ -66,7 +77,10 @@ class LoRAHypernetwork(nn.Module):
         self.head_dim = head_dim
         out_dim = num_layers * rank + (head_dim or 0)
         self.mlp = mlp(latent_dim, hidden_dim, out_dim)
-        nn.init.zeros_(self.mlp[-1].weight)
+        if init_std > 0:
+            nn.init.normal_(self.mlp[-1].weight, std=init_std)
+        else:
+            nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, z: torch.Tensor) -> Modulation:

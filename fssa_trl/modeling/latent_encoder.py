@@ -12,6 +12,7 @@ from .mlp import mlp
 
 AGGREGATIONS = ("mean", "sum", "attention")
 LATENT_TYPES = ("deterministic", "gaussian")
+PAIR_FEATURES = ("difference", "concat")
 
 
 @dataclass
@@ -36,7 +37,8 @@ class NPLatentEncoder(nn.Module):
     r"""Permutation-invariant encoder of a set of pairwise choices (the neural-process encoder of
     [Few-shot Steerable Alignment](https://huggingface.co/papers/2412.13998)).
 
-    Each context pair is embedded as `[e(chosen), e(rejected)]`, passed through a pair MLP, aggregated over the set
+    Each context pair (as in the paper, `[e(chosen), e(rejected)]` through a pair MLP, or antisymmetric features of
+    the pair and its difference, see `pair_features`) is encoded, aggregated over the set
     (masked mean, masked sum, or masked self-attention followed by a masked mean) and mapped to z. An empty set
     (0-shot, an unknown user) aggregates to a learned vector, so z is then the learned population prior.
 
@@ -53,6 +55,12 @@ class NPLatentEncoder(nn.Module):
             `"deterministic"` (conditional NP) or `"gaussian"` (latent NP; q(z | set) is a diagonal Gaussian).
         num_heads (`int`, *optional*, defaults to `4`):
             Attention heads when `aggregation="attention"`.
+        pair_features (`str`, *optional*, defaults to `"concat"`):
+            `"difference"`: `f(c, r) = g([c, r, c - r]) - g([r, c, r - c])`. The difference makes what the two
+            responses share cancel, so a choice that turns on a few tokens of long responses stays visible; the
+            antisymmetry makes the opposite choice give the opposite features, so users with opposite tastes sit
+            on either side of the empty context (a 0-shot model near indifference). `"concat"` is the paper's
+            `g([e(chosen), e(rejected)])`.
 
     Example:
 
@@ -75,8 +83,11 @@ class NPLatentEncoder(nn.Module):
         aggregation: str = "mean",
         latent_type: str = "deterministic",
         num_heads: int = 4,
+        pair_features: str = "concat",
     ):
         super().__init__()
+        if pair_features not in PAIR_FEATURES:
+            raise ValueError(f"`pair_features` must be one of {PAIR_FEATURES}, got {pair_features!r}.")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {aggregation!r}.")
         if latent_type not in LATENT_TYPES:
@@ -85,7 +96,8 @@ class NPLatentEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.aggregation = aggregation
         self.latent_type = latent_type
-        self.pair_encoder = mlp(2 * embedding_dim, hidden_dim, hidden_dim)
+        self.pair_features = pair_features
+        self.pair_encoder = mlp((3 if pair_features == "difference" else 2) * embedding_dim, hidden_dim, hidden_dim)
         self.attention = (
             nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if aggregation == "attention" else None
         )
@@ -93,9 +105,19 @@ class NPLatentEncoder(nn.Module):
         out_dim = latent_dim * (2 if latent_type == "gaussian" else 1)
         self.latent_head = mlp(hidden_dim, hidden_dim, out_dim)
 
+    def pair_features_of(self, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+        """Features `(..., H)` of pairs `(..., D)`. With `pair_features="difference"` they are antisymmetric:
+        `f(c, r) = g([c, r, c - r]) - g([r, c, r - c])`, so the opposite choice gives the opposite features."""
+        if self.pair_features == "concat":
+            return self.pair_encoder(torch.cat([chosen, rejected], dim=-1))
+        difference = chosen - rejected
+        return self.pair_encoder(torch.cat([chosen, rejected, difference], dim=-1)) - self.pair_encoder(
+            torch.cat([rejected, chosen, -difference], dim=-1)
+        )
+
     def aggregate(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Set representation `(B, hidden_dim)` of `(B, C, D)` pair embeddings with a `(B, C)` boolean mask."""
-        pairs = self.pair_encoder(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
+        pairs = self.pair_features_of(chosen, rejected)  # (B, C, H)
         if mask.dtype != torch.bool:
             mask = mask.to(torch.bool)
         if self.attention is not None:

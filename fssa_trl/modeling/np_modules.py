@@ -62,10 +62,12 @@ class NPModules(nn.Module):
 @dataclasses.dataclass
 class EpisodeLatents(ModelOutput):
     """Latents of a batch of episodes. `z_rows` has one row per target pair `(N, latent_dim)`; `kl` is the mean
-    KL(q(z | targets) || q(z | context)) of a Gaussian latent in training, else `None`."""
+    KL(q(z | targets) || q(z | context)) of a Gaussian latent in training, else `None`; `btl_loss` is the auxiliary
+    NP-BTL loss of the LoRA trainers when computed."""
 
     z_rows: torch.Tensor | None = None
     kl: torch.Tensor | None = None
+    btl_loss: torch.Tensor | None = None
 
 
 def encode_episodes(encoder: NPLatentEncoder, batch: dict[str, torch.Tensor], training: bool) -> EpisodeLatents:

@@ -1,3 +1,4 @@
+from .callbacks import HeldoutEvaluationCallback, MemorisationWarning
 from .gated_lora_mixin import GatedLoRATrainerMixin
 from .np_arguments import GatedLoRAArguments, NPEpisodeArguments
 from .np_dpo_config import NPDPOConfig
@@ -11,6 +12,8 @@ from .np_trainer_mixin import NPTrainerMixin
 __all__ = [
     "GatedLoRAArguments",
     "GatedLoRATrainerMixin",
+    "HeldoutEvaluationCallback",
+    "MemorisationWarning",
     "NPDPOConfig",
     "NPDPOTrainer",
     "NPEmbeddingRewardConfig",

@@ -15,10 +15,11 @@ from torch import nn
 from ..data.embeddings import ContextEmbeddingStore, embedding_dim, make_embedder
 from ..data.episode_dataset import add_text_keys
 from ..data.validation import TEXT_KEY_COLUMNS
-from ..modeling.config import HypernetworkConfig
+from ..modeling.config import HypernetworkConfig, RewardDecoderConfig
 from ..modeling.gated_lora import LoRAModulator, gated_lora_config
 from ..modeling.hypernetwork import Modulation
 from ..modeling.np_modules import EpisodeLatents, NPModules, encode_episodes
+from ..modeling.reward_head import preference_log_likelihood
 from .np_trainer_mixin import NPTrainerMixin
 
 
@@ -74,11 +75,24 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             rank=modulator.rank,
             hidden_dim=args.hypernetwork_hidden_dim,
             head_dim=self.model.config.get_text_config().hidden_size if head is not None else None,
+            init_std=args.hypernetwork_init_std,
         )
+        dim = embedding_dim(embedder, self.train_dataset)
+        decoder = None
+        if args.context_btl_weight > 0:
+            decoder = RewardDecoderConfig(
+                embedding_dim=dim,
+                latent_dim=args.latent_dim,
+                hidden_dim=args.context_decoder_hidden_dim,
+                num_layers=2,
+                head="btl",
+                conditioning="film",
+            )
         self.fssa_config = saved_config_class(
-            encoder=self._np_encoder_config(args, embedding_dim(embedder, self.train_dataset)),
+            encoder=self._np_encoder_config(args, dim),
             context_embedding=self._np_context_embedding_config(args, store),
             hypernetwork=hypernetwork,
+            decoder=decoder,
             **saved_fields,
         )
         dtype = next((p.dtype for p in self.model.parameters() if p.requires_grad), torch.float32)
@@ -97,7 +111,8 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             }
         elif self.eval_dataset is not None:
             self.eval_dataset = self._prepare_dataset(self.eval_dataset, self.processing_class, args, "eval")
-        include_targets = args.latent_type == "gaussian"  # q(z | targets) of the NP ELBO
+        # q(z | targets) of the NP ELBO, and the targets of the auxiliary NP-BTL loss
+        include_targets = args.latent_type == "gaussian" or args.context_btl_weight > 0
         self.data_collator = self._np_collator(self._store, self.data_collator, include_targets)
 
     # ------------------------------------------------------------------------------------------------------- data
@@ -156,11 +171,30 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
                 "prediction_step do)."
             )
         latents = encode_episodes(self.np_modules.encoder, batch, self.model.training)
+        decoder = self.np_modules.decoder
+        if decoder is not None:  # auxiliary NP-BTL: the targets' choices from their context embeddings and z
+            mask = batch["target_mask"]
+            chosen, _ = decoder(batch["target_chosen_embeddings"][mask], latents.z_rows)
+            rejected, _ = decoder(batch["target_rejected_embeddings"][mask], latents.z_rows)
+            latents.btl_loss = -preference_log_likelihood(chosen, rejected).mean()
         modulation = self.np_modules.hypernetwork(latents.z_rows)
         heads = None if modulation.head is None else torch.cat([modulation.head, modulation.head])
         gates = torch.cat([modulation.gates, modulation.gates])
         self._np_gate_scope.enter_context(self._modulator.apply(Modulation(gates, heads)))
         return latents
+
+    def _np_latent_losses(self, mode: str, latents: EpisodeLatents) -> torch.Tensor | int:
+        """The terms the NP modules add to the trainer's loss, logged: the KL of a Gaussian latent (`kl`) and the
+        auxiliary NP-BTL loss (`context_btl_loss`)."""
+        extra = 0
+        for name, value, weight in (
+            ("kl", latents.kl, self.args.kl_weight),
+            ("context_btl_loss", latents.btl_loss, self.args.context_btl_weight),
+        ):
+            if value is not None:
+                extra = extra + weight * value
+                self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+        return extra
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._np_flush_accuracy("train" if self.model.training else "eval")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..data.embeddings import POOLINGS
 from ..data.episodes import TOO_FEW_PAIRS_POLICIES
-from ..modeling.latent_encoder import AGGREGATIONS, LATENT_TYPES
+from ..modeling.latent_encoder import AGGREGATIONS, LATENT_TYPES, PAIR_FEATURES
 
 
 @dataclass
@@ -36,6 +36,22 @@ class NPEpisodeArguments:
         eval_context_sizes (`list[int]`, *optional*, defaults to `[0, 1, 3, 5, 10]`):
             Context sizes of evaluation episodes; their contexts are disjoint from their targets, and accuracy on
             unseen pairs is logged per size as `eval_accuracy_ctx{C}`.
+        heldout_fraction (`float`, *optional*, defaults to `0.0`):
+            Without an `eval_dataset`, this fraction of each training user's pairs (drawn from `seed`) is held out of
+            training and evaluated whenever the trainer logs, as `heldout_accuracy_ctx0` and
+            `heldout_accuracy_ctx{max_context}`: accuracy on pairs the model never saw, without and with context
+            (disjoint from the targets). A user holds out at least `max_context + 1` pairs (one held-out episode at
+            the largest context) and at most `heldout_max_pairs_per_user`, and only if `num_targets` pairs are left
+            for training; other users are not held out. `0` (the default) turns the split off; with an
+            `eval_dataset` it is unused. `0.1` is a good value when you have no evaluation set.
+        heldout_max_pairs_per_user (`int`, *optional*, defaults to `64`):
+            Most pairs a user holds out, which bounds the cost of each held-out evaluation.
+        memorisation_warning_threshold (`float`, *optional*, defaults to `0.05`):
+            A `MemorisationWarning` is raised once when, at three held-out evaluations in a row, the held-out context
+            gain (`heldout_accuracy_ctx{max_context}` minus `heldout_accuracy_ctx0`) is below this threshold while
+            the training `accuracy_ctx0` (pairs the model has seen, no context; logged with `min_context=0`) exceeds
+            both 0.5 and `heldout_accuracy_ctx0` by more than 0.1: the model memorises its training pairs instead of
+            reading the context. `0` turns the warning off.
         context_embedding (`str`, *optional*, defaults to `"base"`):
             Source of the context embeddings e(prompt, response): `"base"` (the frozen base model, adapters off, no
             grad), `"precomputed"` (float list columns `chosen_embedding` / `rejected_embedding`), or the name or
@@ -56,6 +72,11 @@ class NPEpisodeArguments:
             Set aggregation of the encoder: `"mean"`, `"sum"` or `"attention"` (masked self-attention, then mean).
         aggregation_num_heads (`int`, *optional*, defaults to `4`):
             Attention heads for `aggregation="attention"`.
+        context_pair_features (`str`, *optional*, defaults to `"concat"`):
+            Features of a context pair in the encoder: `"concat"` (the paper's `g([e(chosen), e(rejected)])`) or
+            `"difference"` (antisymmetric, `g([c, r, c - r]) - g([r, c, r - c])`: what both responses share cancels,
+            so a choice decided by a few tokens stays visible, and the opposite choice gives the opposite features).
+            Use `"difference"` when a few tokens of long responses decide the choice.
         latent_type (`str`, *optional*, defaults to `"deterministic"`):
             `"deterministic"` (conditional NP) or `"gaussian"` (latent NP trained with the ELBO).
         kl_weight (`float`, *optional*, defaults to `1.0`):
@@ -73,6 +94,14 @@ class NPEpisodeArguments:
     eval_context_sizes: list[int] = field(
         default_factory=lambda: [0, 1, 3, 5, 10], metadata={"help": "Context sizes of evaluation episodes."}
     )
+    heldout_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of each user's training pairs held out and evaluated when logging (no eval set)."},
+    )
+    heldout_max_pairs_per_user: int = field(default=64, metadata={"help": "Most pairs a user holds out."})
+    memorisation_warning_threshold: float = field(
+        default=0.05, metadata={"help": "Held-out context gain under which memorisation is reported (0: never)."}
+    )
     context_embedding: str = field(
         default="base", metadata={"help": "'base', 'precomputed', or a Hugging Face encoder name or path."}
     )
@@ -84,6 +113,9 @@ class NPEpisodeArguments:
     encoder_hidden_dim: int = field(default=256, metadata={"help": "Width of the latent encoder."})
     aggregation: str = field(default="mean", metadata={"help": "'mean', 'sum' or 'attention'."})
     aggregation_num_heads: int = field(default=4, metadata={"help": "Heads for attention aggregation."})
+    context_pair_features: str = field(
+        default="concat", metadata={"help": "Encoder features of a context pair: 'concat' or 'difference'."}
+    )
     latent_type: str = field(default="deterministic", metadata={"help": "'deterministic' or 'gaussian'."})
     kl_weight: float = field(default=1.0, metadata={"help": "KL weight of the NP ELBO (gaussian latent)."})
 
@@ -109,12 +141,31 @@ class NPEpisodeArguments:
             raise ValueError(f"`too_few_pairs` must be one of {TOO_FEW_PAIRS_POLICIES}, got {self.too_few_pairs!r}.")
         if not self.eval_context_sizes or min(self.eval_context_sizes) < 0:
             raise ValueError(f"`eval_context_sizes` must be non-empty and >= 0, got {self.eval_context_sizes}.")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(
+                f"`heldout_fraction` must be in [0, 1), got {self.heldout_fraction}; `0` turns the held-out split off."
+            )
+        if self.heldout_fraction > 0 and self.heldout_max_pairs_per_user <= self.max_context:
+            raise ValueError(
+                f"`heldout_max_pairs_per_user` ({self.heldout_max_pairs_per_user}) must be > `max_context` "
+                f"({self.max_context}): a held-out episode at the largest context needs `max_context` context pairs "
+                "plus a target. Raise it, or set `heldout_fraction=0`."
+            )
+        if not 0 <= self.memorisation_warning_threshold < 0.5:
+            raise ValueError(
+                f"`memorisation_warning_threshold` must be in [0, 0.5), got {self.memorisation_warning_threshold}; "
+                "`0` turns the warning off."
+            )
         if self.context_embedding_pooling not in POOLINGS:
             raise ValueError(
                 f"`context_embedding_pooling` must be one of {POOLINGS}, got {self.context_embedding_pooling!r}."
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+        if self.context_pair_features not in PAIR_FEATURES:
+            raise ValueError(
+                f"`context_pair_features` must be one of {PAIR_FEATURES}, got {self.context_pair_features!r}."
+            )
         if self.latent_type not in LATENT_TYPES:
             raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {self.latent_type!r}.")
         if self.kl_weight < 0:
@@ -138,10 +189,33 @@ class GatedLoRAArguments:
     Parameters:
         hypernetwork_hidden_dim (`int`, *optional*, defaults to `256`):
             Width of the hypernetwork that maps z to rank-wise LoRA gates.
+        hypernetwork_init_std (`float`, *optional*, defaults to `0.0`):
+            Standard deviation of the hypernetwork's initial output weights. With `0` every gate starts at exactly 1,
+            and since LoRA B starts at 0 neither the gates nor the encoder get a gradient until a user-agnostic LoRA
+            has grown, which, for users with opposite preferences, can only average or memorise them. A small value
+            (`0.01`) gives each user its own gates from the first step.
+        context_btl_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the auxiliary NP-BTL loss: a small reward decoder on the frozen context embeddings of the
+            targets, conditioned on the same z, predicts the user's choices. It trains the encoder to read the context
+            from the first step, before the LoRA can use z. `0` (the default) turns it off; `1.0` is what made NP-DPO
+            read the context on the harder test task (see `tests/test_np_dpo_trainer.py`).
+        context_decoder_hidden_dim (`int`, *optional*, defaults to `64`):
+            Width of that auxiliary decoder.
     """
 
     hypernetwork_hidden_dim: int = field(default=256, metadata={"help": "Width of the LoRA hypernetwork."})
+    hypernetwork_init_std: float = field(
+        default=0.0, metadata={"help": "Std of the hypernetwork's initial output weights (0: gates 1)."}
+    )
+    context_btl_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the auxiliary NP-BTL loss on the latent (0 turns it off)."}
+    )
+    context_decoder_hidden_dim: int = field(default=64, metadata={"help": "Width of the auxiliary NP-BTL decoder."})
 
     def _check_hypernetwork_arguments(self) -> None:
-        if self.hypernetwork_hidden_dim < 1:
-            raise ValueError(f"`hypernetwork_hidden_dim` must be >= 1, got {self.hypernetwork_hidden_dim}.")
+        for name in ("hypernetwork_hidden_dim", "context_decoder_hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        for name in ("hypernetwork_init_std", "context_btl_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")

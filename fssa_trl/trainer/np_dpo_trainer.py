@@ -31,7 +31,9 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
         args ([`NPDPOConfig`], *optional*): the configuration.
         train_dataset ([`~datasets.Dataset`]): preference pairs with the column `args.user_column`.
         eval_dataset: as `train_dataset`; evaluation episodes use contexts disjoint from their targets and log
-            `eval_accuracy_ctx{C}` (implicit-reward accuracy on unseen pairs by context size).
+            `eval_accuracy_ctx{C}` (implicit-reward accuracy on unseen pairs by context size). Without one,
+            `heldout_fraction` of each user's training pairs are held out and evaluated at every log
+            (`heldout_accuracy_ctx{C}`), with a `MemorisationWarning` when the model memorises its pairs.
         peft_config ([`~peft.LoraConfig`], *optional*): the LoRA adapter the hypernetwork modulates (required unless
             `model` is a `PeftModel`).
 
@@ -126,9 +128,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
         with self._capture_log_probs() as captured:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = result if return_outputs else (result, None)
-        if latents.kl is not None:
-            loss = loss + self.args.kl_weight * latents.kl
-            self._metrics[mode]["kl"].append(self.accelerator.gather_for_metrics(latents.kl.detach()).mean().item())
+        loss = loss + self._np_latent_losses(mode, latents)
         with torch.no_grad():
             self._log_implicit_reward_accuracy(mode, captured, inputs, batch)
         return (loss, outputs) if return_outputs else loss

@@ -40,7 +40,8 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         train_dataset ([`~datasets.Dataset`]): preference pairs with the column `args.user_column` (text, or
             precomputed embedding columns).
         eval_dataset: as `train_dataset` (or a dict of them); evaluation episodes use contexts disjoint from their
-            targets.
+            targets. Without one, `heldout_fraction` of each user's training pairs are held out and evaluated at
+            every log (`heldout_accuracy_ctx{C}`), with a `MemorisationWarning` if the model memorises its pairs.
         processing_class (*optional*): the backbone's tokenizer (loaded from the backbone when not given).
         callbacks, optimizers, optimizer_cls_and_kwargs: as in [`~transformers.Trainer`].
 
@@ -76,6 +77,12 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         optimizer_cls_and_kwargs=None,
     ):
         args = self._np_args(args, NPEmbeddingRewardConfig, "np-embedding-reward-model")
+        if args.include_num_input_tokens_seen != "no":
+            raise ValueError(
+                "`include_num_input_tokens_seen` counts the tokens the trained model reads, and "
+                "NPEmbeddingRewardTrainer's reads none (it trains on cached embeddings): the count would be "
+                "meaningless. Set `include_num_input_tokens_seen='no'`."
+            )
         precomputed = args.context_embedding == "precomputed"
         self._np_check_datasets(args, train_dataset, eval_dataset, text_required=not precomputed)
         embedder, processing_class = self._frozen_embedder(model, args, processing_class)
@@ -95,18 +102,6 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         set_seed(args.seed)  # as TRL's trainers do before building a model: `seed` fixes the initialisation
         reward_model = NPEmbeddingRewardModel(NPModules.from_config(fssa_config))
 
-        def episodes(dataset, name):
-            if "target_in_context" in dataset.column_names:
-                return dataset
-            if not precomputed:
-                dataset = add_text_keys(dataset, processing_class)
-            return self._np_episodes(dataset, store, args, name, self._np_token_columns)
-
-        train_dataset = episodes(train_dataset, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: episodes(dataset, name) for name, dataset in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = episodes(eval_dataset, "eval")
         if data_collator is None:
             data_collator = self._np_collator(store, None, include_target_embeddings=True)
         super().__init__(
@@ -125,6 +120,12 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         # `Trainer.prediction_step` calls `compute_loss` only with these (as in TRL's RewardTrainer).
         self.can_return_loss = True
         self.label_names = []
+        # Episodes are built once `Trainer.__init__` has set `eval_dataset`: without one, pairs are held out first.
+        self.train_dataset = self._episodes(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: self._episodes(dataset, name) for name, dataset in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._episodes(self.eval_dataset, "eval")
         self._np_zero3_leaf_modules()
 
     @staticmethod
@@ -161,6 +162,15 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         embedder.name = name
         return embedder, processing_class
 
+    def _episodes(self, dataset: Dataset, dataset_name: str) -> Dataset:
+        """Episodes of a pair dataset (its texts kept to embed, unless the embeddings are precomputed); a dataset of
+        episodes passes through."""
+        if "target_in_context" in dataset.column_names:
+            return dataset
+        if self.args.context_embedding != "precomputed":
+            dataset = add_text_keys(dataset, self.processing_class)
+        return self._np_episodes(dataset, self._store, self.args, dataset_name, self._np_token_columns)
+
     # -------------------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -187,24 +197,19 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Average the step metrics since the last log (TRL's convention, `eval_` prefix in evaluation)."""
+        """Average the step metrics since the last log (TRL's convention), prefixed in evaluation with its
+        `metric_key_prefix` (`eval_` by default)."""
         mode = "train" if self.model.training else "eval"
         self._np_flush_accuracy(mode)
-        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items()}
-        if mode == "eval":
-            metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        logs.update(metrics)
+        logs.update(self._np_pop_metrics(mode, "" if mode == "train" else f"{self._np_metric_prefix}_"))
         super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As `Trainer.evaluate`; a raw pair dataset passed here becomes evaluation episodes first."""
         if isinstance(eval_dataset, Dataset) and "target_in_context" not in eval_dataset.column_names:
             precomputed = self.args.context_embedding == "precomputed"
             self._np_check_dataset(self.args, eval_dataset, "eval", text_required=not precomputed)
-            if not precomputed:
-                eval_dataset = add_text_keys(eval_dataset, self.processing_class)
-            eval_dataset = self._np_episodes(eval_dataset, self._store, self.args, "eval", self._np_token_columns)
+            eval_dataset = self._episodes(eval_dataset, "eval")
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     # ------------------------------------------------------------------------------------------ save and restore

@@ -27,7 +27,9 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
             [`~trl.RewardTrainer`].
         args ([`NPRewardConfig`], *optional*): the configuration.
         train_dataset ([`~datasets.Dataset`]): preference pairs with the column `args.user_column`.
-        eval_dataset: as `train_dataset`; evaluation episodes use contexts disjoint from their targets.
+        eval_dataset: as `train_dataset`; evaluation episodes use contexts disjoint from their targets. Without one,
+            `heldout_fraction` of each user's training pairs are held out and evaluated at every log
+            (`heldout_accuracy_ctx{C}`), with a `MemorisationWarning` when the model memorises its pairs.
         peft_config ([`~peft.LoraConfig`]): the LoRA adapter the hypernetwork gates; the reward head must train
             (`task_type="SEQ_CLS"` or `modules_to_save=["score"]`).
 
@@ -109,9 +111,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
         batch = self._np_pop_context(inputs)
         latents = self._np_modulate(batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if latents.kl is not None:
-            loss = loss + self.args.kl_weight * latents.kl
-            self._metrics[mode]["kl"].append(self.accelerator.gather_for_metrics(latents.kl.detach()).mean().item())
+        loss = loss + self._np_latent_losses(mode, latents)
         with torch.no_grad():
             chosen, rejected = outputs.logits.detach().squeeze(-1).chunk(2)
             self._np_count_unseen_accuracy(mode, chosen > rejected, batch)

@@ -8,14 +8,16 @@ import os
 from typing import Any
 
 import torch
+from datasets import Dataset
 from torch import nn
 
 from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
 from ..data.embeddings import ContextEmbeddingStore
-from ..data.episode_dataset import EPISODE_COLUMNS, build_episode_dataset
+from ..data.episode_dataset import EPISODE_COLUMNS, build_episode_dataset, split_heldout
 from ..data.validation import check_preference_dataset
 from ..modeling.config import ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
 from ..modeling.np_modules import load_np_weights, np_state_dict, save_np_modules
+from .callbacks import HELDOUT_PREFIX, HeldoutEvaluationCallback
 from .np_dpo_config import NPDPOConfig
 from .np_embedding_reward_config import NPEmbeddingRewardConfig
 from .np_reward_config import NPRewardConfig
@@ -32,13 +34,17 @@ class NPTrainerMixin:
     """Shared machinery of [`NPRewardTrainer`], [`NPEmbeddingRewardTrainer`] and [`NPDPOTrainer`].
 
     A trainer sets `_np_token_columns` (the per-pair columns its target collator reads) and, once its NP modules
-    exist, `_store` (the context embeddings) and `fssa_config` (what `save_model` writes as `fssa_config.json`).
+    exist, `_store` (the context embeddings) and `fssa_config` (what `save_model` writes as `fssa_config.json`). It
+    builds its episodes with [`_np_episodes`] after `Trainer.__init__` (which sets `eval_dataset`): without an
+    `eval_dataset`, that also sets `heldout_dataset`, the evaluation episodes of the pairs held out of training.
     """
 
     _np_token_columns: tuple[str, ...] = ()
     # Class defaults: set by the trainer once its NP modules exist (episodes can be built from then on).
     _store: ContextEmbeddingStore | None = None
     fssa_config: SteerableConfig | None = None
+    heldout_dataset = None  # evaluation episodes of the held-out training pairs, if any
+    _np_metric_prefix = "eval"  # `metric_key_prefix` of the evaluation in progress
 
     # ------------------------------------------------------------------------------------------------------ args
     @classmethod
@@ -73,24 +79,50 @@ class NPTrainerMixin:
             if dataset is not None:
                 cls._np_check_dataset(args, dataset, name, text_required)
 
-    @staticmethod
-    def _np_episodes(dataset, store: ContextEmbeddingStore, args, dataset_name: str, token_columns=()):
-        """Episodes of a (possibly tokenized) pair dataset: training episodes for "train", evaluation ones otherwise."""
+    def _np_episodes(
+        self, dataset, store: ContextEmbeddingStore, args, dataset_name: str, token_columns=(), context_sizes=None
+    ):
+        """Episodes of a (possibly tokenized) pair dataset: training episodes for "train", evaluation ones (at
+        `context_sizes`, default `args.eval_context_sizes`) otherwise. For "train" without an `eval_dataset`, the
+        held-out pairs (`heldout_fraction`) are set aside first (see [`_np_hold_out`])."""
+        training = dataset_name == "train"
+        if training and args.heldout_fraction > 0 and self.eval_dataset is None:
+            dataset = self._np_hold_out(dataset, store, args, token_columns)
         return build_episode_dataset(
             dataset,
             store,
             dataset_name,
-            training=dataset_name == "train",
+            training=training,
             user_column=args.user_column,
             num_targets=args.num_targets,
             min_context=args.min_context,
             max_context=args.max_context,
-            eval_context_sizes=args.eval_context_sizes,
+            eval_context_sizes=args.eval_context_sizes if context_sizes is None else context_sizes,
             too_few_pairs=args.too_few_pairs,
             episode_passes=args.episode_passes,
             seed=args.seed,
             token_columns=token_columns,
         )
+
+    def _np_hold_out(self, dataset, store: ContextEmbeddingStore, args, token_columns=()):
+        """The training pairs without the held-out ones. These become `self.heldout_dataset`, evaluation episodes at
+        context sizes 0 and `max_context` (the largest the model trains with: the gain over 0-shot is the steering
+        the model learnt), evaluated when the trainer logs by a [`HeldoutEvaluationCallback`] added here."""
+        dataset, heldout = split_heldout(
+            dataset,
+            args.user_column,
+            args.heldout_fraction,
+            min_pairs=args.max_context + 1,
+            max_pairs=args.heldout_max_pairs_per_user,
+            min_left=args.num_targets,
+            seed=args.seed,
+        )
+        if heldout is not None:
+            sizes = sorted({0, args.max_context})
+            self.heldout_dataset = self._np_episodes(heldout, store, args, HELDOUT_PREFIX, token_columns, sizes)
+            self.remove_callback(HeldoutEvaluationCallback)
+            self.add_callback(HeldoutEvaluationCallback(self, args.max_context, args.memorisation_warning_threshold))
+        return dataset
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -119,6 +151,7 @@ class NPTrainerMixin:
             aggregation=args.aggregation,
             latent_type=args.latent_type,
             num_heads=args.aggregation_num_heads,
+            pair_features=args.context_pair_features,
         )
 
     @staticmethod
@@ -177,6 +210,32 @@ class NPTrainerMixin:
         for size, (miss, hit) in enumerate(zip(misses, hits, strict=True)):
             if miss + hit:
                 self._metrics[mode][f"accuracy_ctx{size}"].append(hit / (miss + hit))
+
+    def _np_pop_metrics(self, mode: str, prefix: str) -> dict[str, float]:
+        """The step metrics of `mode` averaged since the last log (TRL's convention), keys prefixed, then cleared."""
+        metrics = {f"{prefix}{key}": sum(values) / len(values) for key, values in self._metrics[mode].items()}
+        self._metrics[mode].clear()
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """As the Trainer's; the trainer's own metrics are logged under `metric_key_prefix` too (e.g.
+        `heldout_accuracy_ctx0`), not always under `eval_`."""
+        previous = self._np_metric_prefix, self.eval_dataset
+        if isinstance(eval_dataset, Dataset) and "target_in_context" in eval_dataset.column_names:
+            # Episodes are evaluated as the trainer's own eval set is: passed to TRL's DPOTrainer.evaluate, they
+            # would be prepared again (reference log-probs precomputed into columns they already carry).
+            self.eval_dataset, eval_dataset = eval_dataset, None
+        self._np_metric_prefix = metric_key_prefix
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._np_metric_prefix, self.eval_dataset = previous
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if not self.model.training and self._np_metric_prefix != "eval":
+            # TRL's `log` would prefix them with "eval_" whatever the evaluation's `metric_key_prefix`.
+            logs.update(self._np_pop_metrics("eval", f"{self._np_metric_prefix}_"))
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------ save and restore
     def _np_save(self, output_dir: str, state_dict) -> None:
