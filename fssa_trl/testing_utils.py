@@ -15,6 +15,10 @@ STYLES = ("a", "b")
 
 
 NEUTRAL = "n"
+# Eight users over four styles: four rankings and their reverses, so that every pair of styles splits them 4 / 4.
+EIGHT_USERS = {
+    f"U{i}": ranking for i, ranking in enumerate(("abcd", "dcba", "bdac", "cadb", "cabd", "dbac", "acdb", "bdca"))
+}
 
 
 def word_tokenizer(num_words: int = 24, styles=STYLES, neutral: bool = False):
@@ -86,6 +90,11 @@ def style_preference_dataset(
     (words `a*`) and one in style "b" (words `b*`); user "A" prefers style a, user "B" prefers style b. A model
     without the user's context cannot beat 50% on both users.
 
+    `users` maps each user to the styles it prefers, best first: `"a"` (or `"ab"`) prefers style a over b. With more
+    than two styles in a ranking (for example `EIGHT_USERS`, rankings of four styles closed under reversal, so that
+    the users as a whole are indifferent), each pair shows two different styles of the ranking drawn at random and
+    the user chooses the higher-ranked one; build the tokenizer with `word_tokenizer(styles=...)` to match.
+
     With `signal_fraction < 1` only that fraction of each response's words (at least one) carries its style; the
     others are neutral words `n*` at random positions, drawn alike for both responses (use
     `word_tokenizer(neutral=True)`). `signal_fraction=1.0` is the easy task where every token carries the style.
@@ -104,11 +113,14 @@ def style_preference_dataset(
         return " ".join(f"{prefix if i in styled else NEUTRAL}{rng.randrange(num_words)}" for i in range(length))
 
     rows = {"prompt": [], "chosen": [], "rejected": [], "user_id": []}
-    for user, style in users.items():
-        other = next(s for s in STYLES if s != style)
+    for user, ranking in users.items():
+        if len(ranking) == 1:
+            ranking += next(s for s in STYLES if s != ranking)
         for _ in range(pairs_per_user):
+            # Two styles only: the pair is always (first, second), and no draw (the two-user dataset stays as it was).
+            better, worse = (0, 1) if len(ranking) == 2 else sorted(rng.sample(range(len(ranking)), 2))
             rows["prompt"].append(sentence("p", prompt_words) + " ")
-            rows["chosen"].append(sentence(style, rng.randint(*response_words)))
-            rows["rejected"].append(sentence(other, rng.randint(*response_words)))
+            rows["chosen"].append(sentence(ranking[better], rng.randint(*response_words)))
+            rows["rejected"].append(sentence(ranking[worse], rng.randint(*response_words)))
             rows["user_id"].append(user)
     return Dataset.from_dict(rows)

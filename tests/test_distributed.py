@@ -35,6 +35,11 @@ TIMEOUT = 600
 # batch held only 0-shot episodes skipped the attention; both broke ZeRO-3 (fixed in NPTrainerMixin._np_finish_init
 # and NPLatentEncoder.aggregate).
 TRAIN_ARGS = ["--aggregation", "attention"]
+# The reward runs hold out 5 of each user's 32 pairs (`heldout_fraction`) and evaluate them at every log, inside the
+# training loop. The held-out episodes have 5 targets at context 0 and 1 at context 4, so the two processes' shards of
+# an evaluation batch held different numbers of pairs, and TRL's `accelerator.gather` of the rewards failed ("Received
+# data size doesn't match expected size"): every process now evaluates every batch (NPTrainerMixin.get_eval_dataloader).
+HELDOUT_ARGS = ["--eval_pairs_per_user", "0", "--heldout_fraction", "0.1"]
 
 
 def free_port() -> int:
@@ -79,11 +84,12 @@ def assert_same_weights(actual: Path, expected: Path, atol: float) -> None:
 
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):
-    """One ZeRO-3 run (checkpoint at step 2 of 4) and the same training in one process with the same global batch."""
+    """One ZeRO-3 run (checkpoint at step 2 of 4) and the same training in one process with the same global batch,
+    both evaluating held-out pairs at every step."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install fssa_trl[deepspeed])")
     root = tmp_path_factory.mktemp("zero3")
-    launch_zero3(REWARD_SCRIPT, root / "zero3", "--save_strategy", "steps", "--save_steps", "2")
-    run_single(REWARD_SCRIPT, root / "single", "--per_device_train_batch_size", "4", "--eval_pairs_per_user", "0")
+    launch_zero3(REWARD_SCRIPT, root / "zero3", "--save_strategy", "steps", "--save_steps", "2", *HELDOUT_ARGS)
+    run_single(REWARD_SCRIPT, root / "single", "--per_device_train_batch_size", "4", *HELDOUT_ARGS)
     return root
 
 
@@ -142,13 +148,32 @@ def assert_scores(model, reference, context, prompts, responses) -> None:
 
 def test_np_reward_zero3_cpu(zero3_run):
     output_dir = zero3_run / "zero3"
-    info = assert_zero3_trained_as_single(output_dir, zero3_run / "single", model_type="np_lora_reward_model", steps=4)
-    assert 0 <= info["eval_metrics"]["eval_accuracy_unseen"] <= 1
+    assert_zero3_trained_as_single(output_dir, zero3_run / "single", model_type="np_lora_reward_model", steps=4)
 
     # The saved model loads in one process (base found by path) and scores with and without a context.
     model = SteerableRewardModel.from_pretrained(str(output_dir))
     reference = SteerableRewardModel.from_pretrained(str(zero3_run / "single"))
     assert_scores(model, reference, *user_a_pairs())
+
+
+def heldout_logs(output_dir: Path) -> list[list[dict]]:
+    """The held-out evaluation logs (`heldout_*` and `step`) of a run, one list per process."""
+    return json.loads((output_dir / "run_info.json").read_text())["heldout_logs_by_process"]
+
+
+def test_np_reward_zero3_cpu_heldout(zero3_run):
+    """The held-out evaluation inside the training loop (`HeldoutEvaluationCallback.on_step_end`) under ZeRO-3: at
+    every step, the same metrics on both processes, and the accuracies of the single-process run of the same training
+    (the loss may differ in how a short last batch is weighted). That the evaluations leave training as it was is
+    checked by `test_np_reward_zero3_cpu` (same weights as one process) and the resume test."""
+    first, second = heldout_logs(zero3_run / "zero3")
+    assert first == second
+    assert [log["step"] for log in first] == [1, 2, 3, 4]
+    (single,) = heldout_logs(zero3_run / "single")
+    for log, expected in zip(first, single, strict=True):
+        assert {"heldout_loss", "heldout_accuracy_ctx0", "heldout_accuracy_ctx4"} <= log.keys()
+        for key in ("heldout_accuracy_ctx0", "heldout_accuracy_ctx4", "heldout_accuracy_unseen"):
+            assert log[key] == pytest.approx(expected[key], abs=1e-6), (log["step"], key)
 
 
 def test_np_reward_zero3_cpu_resume(zero3_run):
@@ -157,20 +182,34 @@ def test_np_reward_zero3_cpu_resume(zero3_run):
     checkpoint = zero3_run / "zero3" / "checkpoint-2"
     assert (checkpoint / "fssa_np.safetensors").is_file()
     resumed = zero3_run / "resumed"
-    launch_zero3(REWARD_SCRIPT, resumed, "--resume_from_checkpoint", str(checkpoint), "--eval_pairs_per_user", "0")
+    launch_zero3(REWARD_SCRIPT, resumed, "--resume_from_checkpoint", str(checkpoint), *HELDOUT_ARGS)
     info = json.loads((resumed / "run_info.json").read_text())
     uninterrupted = json.loads((zero3_run / "zero3" / "run_info.json").read_text())
     assert info["global_step"] == 4
     assert info["train_losses"][-2:] == pytest.approx(uninterrupted["train_losses"][-2:], abs=1e-6)
     assert_same_weights(resumed, zero3_run / "zero3", atol=1e-6)
 
+    # Steps 1-2 come from the checkpoint, 3-4 were evaluated again. Not `heldout_num_tokens`: TRL logs its count of
+    # training tokens there, which restarts from 0 on resume (`RewardTrainer._total_train_tokens` is not saved).
+    def metrics(logs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in log.items() if k != "heldout_num_tokens"} for log in logs]
+
+    expected = metrics(heldout_logs(zero3_run / "zero3")[0])
+    for process_logs in heldout_logs(resumed):
+        assert [log["step"] for log in process_logs] == [1, 2, 3, 4]
+        for log, uninterrupted_log in zip(metrics(process_logs), expected, strict=True):
+            assert log == pytest.approx(uninterrupted_log, abs=1e-6)
+
 
 @pytest.fixture(scope="module")
 def dpo_zero3_run(tmp_path_factory):
-    """NPDPOTrainer: one ZeRO-3 run (3 steps, then an evaluation) and the same training in one process."""
+    """NPDPOTrainer: one ZeRO-3 run (3 steps, then an evaluation) and the same training in one process.
+
+    One evaluation episode per batch: per user, one episode of 4 targets at context 0 and two of 2 at context 2, so
+    the two processes' shards differ in pairs (see `HELDOUT_ARGS`)."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install fssa_trl[deepspeed])")
     root = tmp_path_factory.mktemp("dpo_zero3")
-    launch_zero3(DPO_SCRIPT, root / "zero3", "--eval_pairs_per_user", "4")
+    launch_zero3(DPO_SCRIPT, root / "zero3", "--eval_pairs_per_user", "4", "--per_device_eval_batch_size", "1")
     run_single(DPO_SCRIPT, root / "single", "--per_device_train_batch_size", "4")
     return root
 

@@ -338,3 +338,33 @@ def test_embedding_shows_progress_when_it_takes_a_while(capsys, num_texts, shown
     embedder = TextEmbedder(tiny_reward_model(tokenizer), tokenizer, batch_size=1)
     embedder.embed([f"p{i} a{i}" for i in range(num_texts)])
     assert ("Embedding texts" in capsys.readouterr().err) == shown
+
+
+def test_redrawn_episodes_never_hold_heldout_pairs(tmp_path):
+    train = Dataset.from_dict(random_pairs(40))
+    trainer = NPEmbeddingRewardTrainer(args=embedding_config(tmp_path, redraw_episodes=True), train_dataset=train)
+    heldout = pair_indices(trainer.heldout_dataset)
+    assert len(heldout) == 4 * 5
+    epochs = [pair_indices(trainer.train_dataset.dataset(epoch)) for epoch in range(4)]
+    for pairs in epochs:  # every kept pair (35 per user), in every epoch; no held-out one
+        assert pairs.isdisjoint(heldout) and len(pairs) == 4 * 35 and pairs == epochs[0]
+    assert trainer.train_dataset.episodes(1) != trainer.train_dataset.episodes(0)
+
+
+@pytest.mark.parametrize("kind", ["reward", "dpo", "dpo_precomputed_reference"])
+def test_redrawn_episodes_train_the_lora_trainers(kind, tmp_path):
+    # TRL's token columns (and the precomputed reference log-probs) are carried per target of every epoch's episodes.
+    extra = {"precompute_ref_log_probs": True} if kind == "dpo_precomputed_reference" else {}
+    trainer = lora_trainer(
+        kind.split("_")[0], tmp_path, num_train_epochs=2, logging_steps=3, redraw_episodes=True, **extra
+    )
+    episodes = trainer.train_dataset
+    assert episodes.episodes(1) != episodes.episodes(0)
+    columns = {"reward": {"chosen_ids", "rejected_ids"}, "dpo": {"prompt_ids", "chosen_ids", "rejected_ids"}}
+    columns = columns[kind.split("_")[0]] | ({"ref_chosen_logps", "ref_rejected_logps"} if extra else set())
+    row = episodes[len(episodes) + 1]  # an episode of the second epoch
+    assert columns <= set(row) and all(len(row[c]) == 8 for c in columns)
+    assert pair_indices(episodes.dataset(1)).isdisjoint(pair_indices(trainer.heldout_dataset))
+    trainer.train()
+    assert trainer.state.global_step == 2 * -(-len(episodes) // 4)  # 2 epochs of ceil(episodes / batch) steps
+    assert [e["step"] for e in trainer.state.log_history if "heldout_loss" in e]

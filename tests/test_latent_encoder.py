@@ -8,7 +8,7 @@ from torch.distributions import Normal, kl_divergence
 from fssa_trl.modeling import LatentOutput, NPLatentEncoder, gaussian_kl
 
 D, LATENT, HIDDEN = 6, 4, 16
-AGGREGATIONS = ["mean", "sum", "attention"]
+AGGREGATIONS = ["mean", "shrunk_mean", "sum", "attention"]
 
 
 def make_encoder(aggregation="mean", latent_type="deterministic"):
@@ -77,10 +77,11 @@ def test_empty_set_prior_is_learned():
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_every_parameter_gets_a_gradient_on_a_batch_of_empty_sets(aggregation):
+@pytest.mark.parametrize("pair_features", ["concat", "difference"])
+def test_every_parameter_gets_a_gradient_on_a_batch_of_empty_sets(aggregation, pair_features):
     """Under DeepSpeed ZeRO-3 every process must run the same modules and reduce a gradient for every parameter: a
     process whose batch holds only 0-shot episodes must not skip the attention."""
-    encoder = make_encoder(aggregation)
+    encoder = NPLatentEncoder(D, LATENT, HIDDEN, aggregation=aggregation, num_heads=2, pair_features=pair_features)
     z = encoder(torch.zeros(2, 0, D), torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool)).z
     z.sum().backward()
     assert [name for name, p in encoder.named_parameters() if p.grad is None] == []
@@ -95,6 +96,37 @@ def test_sum_is_count_times_mean():
     torch.testing.assert_close(
         sum_encoder.aggregate(chosen, rejected, mask), counts * mean_encoder.aggregate(chosen, rejected, mask)
     )
+
+
+def test_shrunk_mean_adds_one_pseudo_pair_at_the_empty_set():
+    shrunk, mean = make_encoder("shrunk_mean"), make_encoder("mean")
+    mean.load_state_dict(shrunk.state_dict())
+    chosen, rejected = context()
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    counts = mask.sum(1, keepdim=True).float()
+    expected = (counts * mean.aggregate(chosen, rejected, mask) + shrunk.empty_set) / (counts + 1)
+    expected[2] = shrunk.empty_set  # an empty set is the pseudo-pair alone
+    torch.testing.assert_close(shrunk.aggregate(chosen, rejected, mask), expected)
+
+
+@pytest.mark.parametrize("latent_type", ["deterministic", "gaussian"])
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_difference_encoder_is_odd_in_the_choices(aggregation, latent_type):
+    """Flipping every choice flips z (the spread of a Gaussian latent stays), and an empty context is z = 0: users
+    with opposite tastes sit on either side of the 0-shot model by construction."""
+    encoder = NPLatentEncoder(
+        D, LATENT, HIDDEN, aggregation=aggregation, latent_type=latent_type, num_heads=2, pair_features="difference"
+    ).eval()
+    assert encoder.empty_set is None and encoder.antisymmetric
+    chosen, rejected = context(batch=4)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5, [True, False, True, False, True]])
+    out, flipped = encoder(chosen, rejected, mask), encoder(rejected, chosen, mask)
+    torch.testing.assert_close(flipped.mean, -out.mean)
+    if latent_type == "gaussian":
+        torch.testing.assert_close(flipped.std, out.std)
+    assert out.mean[2].abs().max() == 0 and out.mean[[0, 1, 3]].abs().min() > 0
+    empty = encoder(torch.zeros(2, 0, D), torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool))
+    assert empty.mean.abs().max() == 0
 
 
 def test_deterministic_latent():

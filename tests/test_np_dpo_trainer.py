@@ -12,6 +12,12 @@ from fssa_trl.testing_utils import style_preference_dataset, tiny_causal_lm, wor
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
 
 
+# Issue 7's settings for tasks where a few tokens carry the user's choice.
+HARD_TASK_OPTIONS = dict(
+    context_pair_features="difference", aggregation="shrunk_mean", context_btl_weight=1.0, hypernetwork_init_std=0.01
+)
+
+
 def dpo_config(tmp_path, **kwargs):
     defaults = dict(
         output_dir=str(tmp_path),
@@ -303,33 +309,43 @@ def test_a_reward_config_names_its_trainer(tokenizer, tmp_path):
 
 
 def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
-    """The harder task of issue 7: a quarter of each response's words carry the user's style, the rest are neutral
-    words drawn alike for both responses; 2,000 distinct pairs per user. With antisymmetric difference features, the
-    auxiliary NP-BTL loss and a small hypernetwork init, the policy reads the context for BOTH users on held-out
-    pairs (the paper's encoder stays at chance at every context size here, while its training accuracy at context 0
-    rises from memorising pairs). Not yet reached (issue 7 stays open): >= 85% at 10 pairs, and a 0-shot policy near
-    indifference (today about 0.68 / 0.30 at 0 context pairs, 0.82 / 0.78 at 10)."""
+    """Issue 7's acceptance task: a quarter of each response's words carry the user's style, the rest are neutral
+    words drawn alike for both responses; 2,000 distinct pairs per user, held-out pairs scored with contexts drawn
+    from other held-out pairs. With the odd encoder (difference features, shrunk mean), the auxiliary NP-BTL loss and
+    a small hypernetwork init, the policy reads the context for BOTH users (>= 85% at 10 pairs) and the 0-shot
+    policy stays near indifference (<= 65% for each user), in 200 steps of 64 pairs. The paper's encoder stays at
+    chance at every context size here while its training accuracy at context 0 rises from memorising pairs. Measured:
+    0.40 / 0.63 at 0 and 0.955 / 0.965 at 10 (benchmarks/steering.py has the plain-DPO step count)."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))
     train = style_preference_dataset(2000, seed=0, **task)
     test = style_preference_dataset(200, seed=1, **task)
     trainer = NPDPOTrainer(
         model=tiny_causal_lm(tokenizer, hidden_size=64),
-        args=dpo_config(
-            tmp_path,
-            max_steps=200,
-            logging_steps=50,
-            context_pair_features="difference",
-            context_btl_weight=1.0,
-            hypernetwork_init_std=0.01,
-        ),
+        args=dpo_config(tmp_path, max_steps=200, logging_steps=50, **HARD_TASK_OPTIONS),
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
     )
     trainer.train()
-    results = evaluate_few_shot(trainer, test, context_sizes=(0, 10), num_targets=50, batch_size=50)
+    results = evaluate_few_shot(trainer, test, context_sizes=(0, 10), num_targets=10, batch_size=50)
     print(results)
     for user in ("A", "B"):
-        assert results.accuracy(10, user) >= 0.72, user
-        assert results.accuracy(10, user) >= results.accuracy(0, user) + 0.1, user
+        assert results.accuracy(10, user) >= 0.85, user
+        assert results.accuracy(0, user) <= 0.65, user
+
+    # Sampled generations follow the context: A's context gives more style-a words than B's context, and vice versa.
+    policy = trainer.steerable_model()
+    rows = test.to_list()
+    context = {u: [r for r in rows if r["user_id"] == u][:10] for u in ("A", "B")}
+    prompts = [r["prompt"] for r in rows[20:36]]
+    torch.manual_seed(0)
+    words = {}
+    for user in ("A", "B"):
+        texts = policy.generate(
+            prompts, context=context[user], do_sample=True, max_new_tokens=12, num_return_sequences=4
+        )
+        tokens = " ".join(texts).split()
+        words[user] = (sum(w.startswith("a") for w in tokens), sum(w.startswith("b") for w in tokens))
+    print(words)
+    assert words["A"][0] > words["B"][0] and words["B"][1] > words["A"][1], words

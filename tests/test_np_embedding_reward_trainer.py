@@ -2,6 +2,8 @@
 """NPEmbeddingRewardTrainer: the frozen-embedding reward model (the paper's reward setting) on a tiny Qwen2 body built
 in code, and on precomputed embeddings: training, saving, resuming, bad input."""
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
@@ -71,10 +73,11 @@ def backbone(tokenizer, tmp_path_factory):
     return str(path)
 
 
-def test_only_np_modules_train_and_every_one_changes(tokenizer, data, backbone, tmp_path):
+@pytest.mark.parametrize("conditioning", ["concat", "film"])
+def test_only_np_modules_train_and_every_one_changes(tokenizer, data, backbone, tmp_path, conditioning):
     trainer = NPEmbeddingRewardTrainer(
         model=backbone,
-        args=config(tmp_path, max_steps=3, logging_steps=1),
+        args=config(tmp_path, max_steps=3, logging_steps=1, decoder_conditioning=conditioning),
         train_dataset=data[0],
         processing_class=tokenizer,
     )
@@ -83,7 +86,10 @@ def test_only_np_modules_train_and_every_one_changes(tokenizer, data, backbone, 
     assert any(n.startswith("fssa_np.decoder") for n in params) and not any("hypernetwork" in n for n in params)
     before = {n: p.detach().clone() for n, p in params.items()}
     trainer.train()
-    last_bias = f"fssa_np.decoder.mlp.{len(trainer.model.fssa_np.decoder.mlp) - 1}.bias"
+    decoder = trainer.model.fssa_np.decoder
+    assert decoder.conditioning == conditioning
+    last_bias = "readout.bias" if conditioning == "film" else f"mlp.{len(decoder.mlp) - 1}.bias"
+    last_bias = f"fssa_np.decoder.{last_bias}"
     # The empty-set vector moves only on 0-shot episodes; the reward's constant offset cancels in r_c - r_r.
     unconstrained = {"fssa_np.encoder.empty_set", last_bias}
     for name, param in trainer.model.named_parameters():
@@ -123,6 +129,33 @@ def test_save_load_and_evaluate_on_raw_data(tokenizer, data, backbone, tmp_path)
     prompts, responses = list(test["prompt"][:6]), list(test["chosen"][:6])
     expected = trainer.steerable_model().score(prompts, responses, context=context)
     torch.testing.assert_close(loaded.score(prompts, responses, context=context), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "film"])
+def test_decoder_conditioning_is_saved_and_reloaded(tmp_path, conditioning):
+    rows = precomputed(64)
+    out = tmp_path / "out"
+    trainer = fast(
+        out, Dataset.from_dict(rows), decoder_conditioning=conditioning, max_steps=5, num_targets=8, max_context=4
+    )
+    trainer.train()
+    assert trainer.model.fssa_np.decoder.conditioning == conditioning
+    trainer.save_model()
+    with open(out / "fssa_config.json", encoding="utf-8") as f:
+        assert json.load(f)["decoder"]["conditioning"] == conditioning
+    loaded = SteerableRewardModel.from_pretrained(str(out))
+    assert isinstance(loaded, SteerableEmbeddingRewardModel)
+    assert loaded.fssa_config.decoder.conditioning == conditioning
+    assert loaded.np_modules.decoder.conditioning == conditioning
+    context = [
+        {"chosen_embedding": rows["chosen_embedding"][i], "rejected_embedding": rows["rejected_embedding"][i]}
+        for i in range(4)
+    ]
+    prompts, responses = [""] * 6, rows["chosen_embedding"][10:16]
+    expected = trainer.steerable_model().score(prompts, responses, context=context)
+    torch.testing.assert_close(loaded.score(prompts, responses, context=context), expected, atol=1e-6, rtol=0)
+    # The trained latent path is live after the round trip: another context gives other rewards.
+    assert not torch.allclose(loaded.score(prompts, responses, context=[]), expected)
 
 
 def test_resume_restores_the_np_modules(tmp_path):
@@ -201,6 +234,19 @@ def test_decoder_size_must_be_positive(tmp_path, field, value):
         config(tmp_path, **{field: value})
 
 
+def test_decoder_conditioning_must_be_known(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"`decoder_conditioning` must be one of \('concat', 'film'\), got 'bilinear'"
+    ):
+        config(tmp_path, decoder_conditioning="bilinear")
+
+
+def test_film_decoder_needs_two_layers(tmp_path):
+    with pytest.raises(ValueError, match=r"`decoder_conditioning='film'` needs `decoder_num_layers >= 2`"):
+        config(tmp_path, decoder_conditioning="film", decoder_num_layers=1)
+    config(tmp_path, decoder_conditioning="concat", decoder_num_layers=1)
+
+
 def test_model_with_precomputed_embeddings_is_refused(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="pass `model=None`"):
         NPEmbeddingRewardTrainer(
@@ -231,3 +277,79 @@ def test_text_is_not_required_with_precomputed_embeddings(tmp_path):
     trainer = fast(tmp_path, Dataset.from_dict(precomputed(64)), num_targets=8, max_context=4)
     trainer.train()
     assert trainer.processing_class is None and trainer.state.global_step == 1
+
+
+# ---------------------------------------------------------------------------------------------- redrawn episodes
+def redraw_run(tmp_path, train, **kwargs):
+    common = dict(context_embedding="precomputed", num_targets=8, max_context=4, episode_passes=1, max_steps=-1)
+    trainer = NPEmbeddingRewardTrainer(args=config(tmp_path, **{**common, **kwargs}), train_dataset=train)
+    trainer.train()
+    return trainer, {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+
+
+def test_redrawn_episodes_change_from_the_second_epoch_and_resume_exactly(tmp_path):
+    train = Dataset.from_dict(precomputed(96))  # 12 episodes per epoch: 3 steps
+    # The first epoch trains on the episodes drawn once, in the same order: the same model.
+    _, once = redraw_run(tmp_path / "once", train, num_train_epochs=1)
+    _, redrawn = redraw_run(tmp_path / "redrawn", train, num_train_epochs=1, redraw_episodes=True)
+    for name, param in once.items():
+        assert torch.equal(redrawn[name], param), name
+    # Then other episodes: another model, after as many steps.
+    same, same_params = redraw_run(tmp_path / "same", train, num_train_epochs=3)
+    common = dict(num_train_epochs=3, redraw_episodes=True, save_strategy="steps", save_steps=4)
+    full, full_params = redraw_run(tmp_path / "full", train, **common)
+    assert full.state.global_step == same.state.global_step == 9
+    assert any(not torch.equal(full_params[name], param) for name, param in same_params.items())
+    # Resumed one step into the second epoch (checkpoint-4): that epoch's episodes, the consumed batch skipped.
+    resumed = NPEmbeddingRewardTrainer(
+        args=config(
+            tmp_path / "resumed",
+            context_embedding="precomputed",
+            num_targets=8,
+            max_context=4,
+            episode_passes=1,
+            **common,
+        ),
+        train_dataset=train,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    got = dict(resumed.model.named_parameters())
+    for name, param in full_params.items():
+        torch.testing.assert_close(got[name], param, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_every_process_trains_on_its_shard_of_the_same_redrawn_epoch(tmp_path, monkeypatch):
+    """Two processes simulated with accelerate's own sharding: each gets its half of the epoch's episodes, also in a
+    resumed epoch (where the sampler sits behind a `SkipBatchSampler` and a `BatchSamplerShard`)."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+
+    train = Dataset.from_dict(precomputed(96))
+    trainer = fast(tmp_path, train, num_targets=8, max_context=4, episode_passes=1, redraw_episodes=True)
+
+    def indices(process_index, skip):
+        monkeypatch.setattr(
+            trainer.accelerator,
+            "prepare",
+            lambda loader: prepare_data_loader(
+                loader, num_processes=2, process_index=process_index, put_on_device=False
+            ),
+        )
+        loader = trainer.get_train_dataloader()
+        loader = skip_first_batches(loader, skip) if skip else loader
+        loader.set_epoch(1)  # as `Trainer._run_epoch` does
+        return [i for batch in loader.batch_sampler for i in batch]
+
+    shards = [indices(p, 0) for p in range(2)]
+    # Epoch 1 of 12 episodes: 3 batches of 4, the last process's second one repeats the first (`even_batches`).
+    assert set(shards[0] + shards[1]) == set(range(12, 24)) and len(shards[0]) == len(shards[1]) == 8
+    for p in range(2):
+        assert indices(p, 1) == shards[p][4:]
+
+
+def test_redrawn_episodes_refuse_length_grouped_sampling(tmp_path):
+    train = Dataset.from_dict(precomputed(96))
+    trainer = fast(
+        tmp_path, train, num_targets=8, max_context=4, redraw_episodes=True, train_sampling_strategy="group_by_length"
+    )
+    with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length'"):
+        trainer.train()

@@ -3,6 +3,7 @@
 loaders dispatch on its class."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from fssa_trl.modeling import (
     RewardDecoderConfig,
     SteerableConfig,
     SteerableLoRARewardModel,
+    load_np_modules,
     save_np_modules,
 )
 from fssa_trl.modeling.config import FORMAT_VERSION
@@ -134,3 +136,16 @@ def test_saved_weights_must_match_the_config(tmp_path):
 def test_precomputed_model_has_no_backbone_to_override(tmp_path):
     with pytest.raises(ValueError, match="no backbone to replace"):
         SteerableRewardModel.from_pretrained(save_folder(tmp_path, "embedding"), base_model_name_or_path="x")
+
+
+def test_odd_encoder_and_shrunk_mean_round_trip(tmp_path):
+    """The odd encoder has no `empty_set` weight; its saved modules load strictly and give the same latents."""
+    encoder = replace(ENCODER, pair_features="difference", aggregation="shrunk_mean")
+    config = PolicyConfig(encoder=encoder, context_embedding=PRECOMPUTED, hypernetwork=HYPERNETWORK, beta=0.05)
+    modules = NPModules.from_config(config)
+    assert "encoder.empty_set" not in modules.state_dict()
+    save_np_modules(str(tmp_path), modules.state_dict(), config)
+    loaded, loaded_config = load_np_modules(str(tmp_path))
+    assert loaded_config == config
+    chosen, rejected, mask = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [0, 0, 0]]).bool()
+    torch.testing.assert_close(loaded.encoder(chosen, rejected, mask).z, modules.encoder(chosen, rejected, mask).z)

@@ -4,11 +4,13 @@
 An *episode* is one user's set of target pairs plus a context set of that user's pairs. During training the context is
 a random subset of the targets (as in the paper); for evaluation it is disjoint from them, so accuracy is measured on
 unseen pairs. Episodes are drawn once, from a seed, when a dataset is prepared: they are ordinary dataset rows, so the
-Trainer's sampler, sharding and checkpoint resume treat them like any other example.
+Trainer's sampler, sharding and checkpoint resume treat them like any other example. Training episodes may instead be
+redrawn every epoch, each epoch's from its own seed ([`epoch_seed`]).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -101,6 +103,15 @@ def build_train_episodes(
                     flags[position] = True
                 episodes.append(Episode(user, targets, [targets[p] for p in in_context], flags))
     return episodes, skipped
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the training episodes of `epoch` when they are redrawn every epoch: `seed` itself for epoch 0 (the
+    first epoch trains on the episodes drawn without redrawing), else a hash of both, the same in every process and
+    Python run (unlike `hash`), and far from `seed + 1`, which another run may use."""
+    if epoch == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}".encode()).digest()[:8], "little")
 
 
 def build_eval_episodes(

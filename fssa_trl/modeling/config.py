@@ -281,7 +281,8 @@ class LoRARewardModelConfig(RewardModelConfig, GatedLoRAModelConfig):
 
 @dataclass(kw_only=True)
 class EmbeddingRewardModelConfig(RewardModelConfig):
-    """A reward model on frozen embeddings (`NPEmbeddingRewardTrainer`): r = MLP([e(x, y), z])."""
+    """A reward model on frozen embeddings (`NPEmbeddingRewardTrainer`): r = MLP([e(x, y), z]) or FiLM
+    (`decoder.conditioning`)."""
 
     model_type: ClassVar[str] = "np_embedding_reward_model"
     loaded_by: ClassVar[str] = "SteerableRewardModel.from_pretrained"

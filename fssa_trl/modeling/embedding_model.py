@@ -25,7 +25,8 @@ class EmbeddingRewardOutput(ModelOutput):
 
 
 class NPEmbeddingRewardModel(nn.Module):
-    """NP-BTL (or DPL) reward model on frozen embeddings: r(x, y, z) = MLP([e(x, y), z]), z from the context set.
+    """NP-BTL (or DPL) reward model on frozen embeddings: r(x, y, z) = MLP([e(x, y), z]) (or FiLM, see
+    `RewardDecoderConfig.conditioning`), z from the context set.
 
     What [`NPEmbeddingRewardTrainer`] trains. Its inputs are the embedding tensors of [`DataCollatorForContextSets`]
     with `include_target_embeddings=True`; the NP modules (encoder and decoder, no hypernetwork) are `self.fssa_np`.

@@ -10,7 +10,7 @@ from torch import nn
 
 from .mlp import mlp
 
-AGGREGATIONS = ("mean", "sum", "attention")
+AGGREGATIONS = ("mean", "shrunk_mean", "sum", "attention")
 LATENT_TYPES = ("deterministic", "gaussian")
 PAIR_FEATURES = ("difference", "concat")
 
@@ -39,8 +39,13 @@ class NPLatentEncoder(nn.Module):
 
     Each context pair (as in the paper, `[e(chosen), e(rejected)]` through a pair MLP, or antisymmetric features of
     the pair and its difference, see `pair_features`) is encoded, aggregated over the set
-    (masked mean, masked sum, or masked self-attention followed by a masked mean) and mapped to z. An empty set
-    (0-shot, an unknown user) aggregates to a learned vector, so z is then the learned population prior.
+    (masked mean, shrunk mean, masked sum, or masked self-attention followed by a masked mean) and mapped to z.
+
+    With `pair_features="concat"` an empty set (0-shot, an unknown user) aggregates to a learned vector, so z is then
+    the learned population prior. With `pair_features="difference"` the whole encoder is odd: flipping every choice of
+    a context flips z (`z(flipped) = -z(context)`), and the empty set maps to z = 0 by construction, halfway between
+    users with opposite tastes. That makes the 0-shot model the one users share, and stops training from moving the
+    prior onto one user (issue 7: with a learned empty set the 0-shot policy sided with one of two opposite users).
 
     Args:
         embedding_dim (`int`):
@@ -50,7 +55,10 @@ class NPLatentEncoder(nn.Module):
         hidden_dim (`int`, *optional*, defaults to `256`):
             Width of the pair MLP and of the latent head.
         aggregation (`str`, *optional*, defaults to `"mean"`):
-            `"mean"`, `"sum"` or `"attention"` (one masked self-attention layer over the set, then masked mean).
+            `"mean"`, `"shrunk_mean"` (the sum over n pairs divided by n + 1: the mean with one pseudo-pair at the
+            empty set's representation, so the set representation moves away from the prior as evidence accumulates
+            instead of jumping to full size at one pair), `"sum"` or `"attention"` (one masked self-attention layer
+            over the set, then masked mean).
         latent_type (`str`, *optional*, defaults to `"deterministic"`):
             `"deterministic"` (conditional NP) or `"gaussian"` (latent NP; q(z | set) is a diagonal Gaussian).
         num_heads (`int`, *optional*, defaults to `4`):
@@ -59,7 +67,7 @@ class NPLatentEncoder(nn.Module):
             `"difference"`: `f(c, r) = g([c, r, c - r]) - g([r, c, r - c])`. The difference makes what the two
             responses share cancel, so a choice that turns on a few tokens of long responses stays visible; the
             antisymmetry makes the opposite choice give the opposite features, so users with opposite tastes sit
-            on either side of the empty context (a 0-shot model near indifference). `"concat"` is the paper's
+            on either side of the empty context; the encoder is then odd (see above). `"concat"` is the paper's
             `g([e(chosen), e(rejected)])`.
 
     Example:
@@ -101,9 +109,15 @@ class NPLatentEncoder(nn.Module):
         self.attention = (
             nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if aggregation == "attention" else None
         )
-        self.empty_set = nn.Parameter(torch.zeros(hidden_dim))  # learned representation of an empty context
+        # Learned representation of an empty context; the odd ("difference") encoder maps it to the origin instead.
+        self.empty_set = None if self.antisymmetric else nn.Parameter(torch.zeros(hidden_dim))
         out_dim = latent_dim * (2 if latent_type == "gaussian" else 1)
         self.latent_head = mlp(hidden_dim, hidden_dim, out_dim)
+
+    @property
+    def antisymmetric(self) -> bool:
+        """Whether the encoder is odd in the choices (`pair_features="difference"`): flipped choices give -z."""
+        return self.pair_features == "difference"
 
     def pair_features_of(self, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
         """Features `(..., H)` of pairs `(..., D)`. With `pair_features="difference"` they are antisymmetric:
@@ -120,26 +134,41 @@ class NPLatentEncoder(nn.Module):
         pairs = self.pair_features_of(chosen, rejected)  # (B, C, H)
         if mask.dtype != torch.bool:
             mask = mask.to(torch.bool)
-        if self.attention is not None:
-            if pairs.shape[1] == 0:
-                # Attention runs even when every set of the batch is empty (on one masked slot, dropped below), still
-                # connected to pair_encoder: under DeepSpeed ZeRO-3 all processes must call the same modules and give
-                # every parameter a gradient, or their parameter gathers and gradient reductions mismatch.
-                pairs = torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)
-                mask = mask.new_zeros(mask.shape[0], 1)
-            # A fully masked row would make attention return NaN: let empty sets attend to themselves, then drop them.
-            key_padding = ~mask & mask.any(dim=1, keepdim=True)  # no boolean indexing: no device sync
-            pairs, _ = self.attention(pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False)
+        if self.attention is None:
+            return self._pool(pairs, mask)
+        if pairs.shape[1] == 0:
+            # Attention runs even when every set of the batch is empty (on one masked slot, dropped below), still
+            # connected to pair_encoder: under DeepSpeed ZeRO-3 all processes must call the same modules and give
+            # every parameter a gradient, or their parameter gathers and gradient reductions mismatch.
+            pairs = torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)
+            mask = mask.new_zeros(mask.shape[0], 1)
+        # A fully masked row would make attention return NaN: let empty sets attend to themselves, then drop them.
+        key_padding = ~mask & mask.any(dim=1, keepdim=True)  # no boolean indexing: no device sync
+        if self.antisymmetric:  # attention(x) - attention(-x) keeps the encoder odd (its projections have biases)
+            both = torch.cat([pairs, -pairs])
+            attended, _ = self.attention(
+                both, both, both, key_padding_mask=key_padding.repeat(2, 1), need_weights=False
+            )
+            positive, negative = attended.chunk(2)
+            return self._pool(positive - negative, mask)
+        attended, _ = self.attention(pairs, pairs, pairs, key_padding_mask=key_padding, need_weights=False)
+        return self._pool(attended, mask)
+
+    def _pool(self, pairs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean / shrunk mean / sum of `(B, C, H)` pair features; an empty set gives the empty-set vector (the
+        origin for the odd encoder)."""
         weights = mask.to(pairs.dtype).unsqueeze(-1)  # (B, C, 1)
         summed = (pairs * weights).sum(dim=1)  # (B, H)
         counts = weights.sum(dim=1)  # (B, 1)
-        if self.aggregation == "sum":
-            aggregated = summed
-        else:
-            aggregated = summed / counts.clamp(min=1.0)
-        empty = counts == 0
-        empty_set = self.empty_set if self.empty_set.dtype == aggregated.dtype else self.empty_set.to(aggregated.dtype)
-        return torch.where(empty, empty_set, aggregated)  # broadcast over the batch
+        empty_set = None
+        if self.empty_set is not None:
+            empty_set = self.empty_set if self.empty_set.dtype == summed.dtype else self.empty_set.to(summed.dtype)
+        if self.aggregation == "shrunk_mean":  # one pseudo-pair at the empty set's representation
+            return (summed if empty_set is None else summed + empty_set) / (counts + 1.0)
+        aggregated = summed if self.aggregation == "sum" else summed / counts.clamp(min=1.0)
+        if empty_set is None:
+            return aggregated  # an empty set sums to the origin
+        return torch.where(counts == 0, empty_set, aggregated)  # broadcast over the batch
 
     def forward(
         self,
@@ -156,7 +185,16 @@ class NPLatentEncoder(nn.Module):
             mask (`torch.Tensor` of shape `(B, C)`): `True` where a context pair exists (C may be 0).
             sample (`bool`): for a Gaussian latent, draw z with the reparameterisation trick instead of using the mean.
         """
-        hidden = self.latent_head(self.aggregate(chosen, rejected, mask))
+        aggregated = self.aggregate(chosen, rejected, mask)
+        if not self.antisymmetric:
+            hidden = self.latent_head(aggregated)
+        else:  # odd latent head: head(r) - head(-r) for z (and the mean), even for the spread
+            hidden, flipped = self.latent_head(torch.cat([aggregated, -aggregated])).chunk(2)
+            if self.latent_type == "deterministic":
+                hidden = hidden - flipped
+            else:
+                (mean, raw_std), (flipped_mean, flipped_std) = hidden.chunk(2, dim=-1), flipped.chunk(2, dim=-1)
+                hidden = torch.cat([mean - flipped_mean, (raw_std + flipped_std) / 2], dim=-1)
         if self.latent_type == "deterministic":
             return LatentOutput(z=hidden, mean=hidden)
         mean, raw_std = hidden.chunk(2, dim=-1)

@@ -9,7 +9,7 @@ from torch import nn
 from .mlp import mlp
 
 REWARD_HEADS = ("btl", "dpl")
-CONDITIONINGS = ("film", "concat")
+CONDITIONINGS = ("concat", "film")
 
 
 class EmbeddingRewardDecoder(nn.Module):

@@ -2,7 +2,7 @@
 """Inference-time steerable reward models: score responses for one user from a handful of that user's choices.
 
 - [`SteerableLoRARewardModel`]: a sequence-classification model whose gated LoRA layers follow z (`NPRewardTrainer`);
-- [`SteerableEmbeddingRewardModel`]: r = MLP([e(x, y), z]) on frozen embeddings (`NPEmbeddingRewardTrainer`);
+- [`SteerableEmbeddingRewardModel`]: r(x, y, z) by a decoder on frozen embeddings (`NPEmbeddingRewardTrainer`);
 - [`ContextFreeRewardModel`]: any plain reward model, which ignores the context (a baseline for `evaluate_few_shot`).
 
 `SteerableRewardModel.from_pretrained(path)` loads either steerable kind, following the saved `model_type`.
@@ -167,7 +167,8 @@ class SteerableLoRARewardModel(SteerableRewardModel):
 
 
 class SteerableEmbeddingRewardModel(SteerableRewardModel):
-    """A reward model on frozen embeddings trained by [`NPEmbeddingRewardTrainer`]: r = MLP([e(x, y), z]).
+    """A reward model on frozen embeddings trained by [`NPEmbeddingRewardTrainer`]: r = MLP([e(x, y), z]) or a FiLM
+    decoder (`decoder.conditioning`).
 
     With an embedder, `score` embeds (prompt, response) texts; trained on precomputed embeddings (no embedder),
     `score` takes the response embeddings as `responses` and contexts as `chosen_embedding` / `rejected_embedding`

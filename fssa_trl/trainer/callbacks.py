@@ -93,6 +93,10 @@ class HeldoutEvaluationCallback(TrainerCallback):
     Trainer's pending log, evaluation and save of the step untouched. So a run gives the same weights with or without
     it, and resumes exactly. The warning reads `state.log_history`, which a resumed run restores.
 
+    With several processes (DDP, DeepSpeed ZeRO-3) every process runs the evaluation at the same step, as ZeRO-3's
+    collective parameter gathers need, and evaluates every held-out batch (`NPTrainerMixin.get_eval_dataloader`), so
+    every process logs the same held-out metrics.
+
     NP trainers add it themselves when they hold out pairs (`heldout_fraction`); set `trainer.heldout_dataset = None`
     before `train()` to skip the evaluations.
 
@@ -150,7 +154,11 @@ class HeldoutEvaluationCallback(TrainerCallback):
         if hasattr(args, "context_btl_weight"):
             tries.append("a larger `context_btl_weight` (trains the encoder to read the context directly)")
         if getattr(args, "context_pair_features", None) != "difference":
-            tries.append('`context_pair_features="difference"`')
+            tries.append('`context_pair_features="difference"` (the odd encoder)')
+        if getattr(args, "aggregation", None) == "mean":
+            tries.append('`aggregation="shrunk_mean"`')
+        if getattr(args, "condition_reward_head", None) is False:
+            tries.append("`condition_reward_head=True` (the latent also steers the reward head)")
         tries.append(
             "checking that the context embeddings tell the users apart (`context_embedding`, `context_max_length`)"
         )

@@ -29,7 +29,14 @@ class NPEpisodeArguments:
             episode's targets, so `max_context <= num_targets`.
         episode_passes (`int`, *optional*, defaults to `1`):
             Shuffled passes over each user's pairs when the training episodes are drawn (more passes: more distinct
-            target sets and contexts per epoch). Episodes are drawn once from `seed`, so resuming is exact.
+            target sets and contexts per epoch). Episodes are drawn once from `seed` (unless `redraw_episodes`), so
+            resuming is exact.
+        redraw_episodes (`bool`, *optional*, defaults to `False`):
+            Draw new training episodes every epoch (new target groups, context sizes and subsets; as many episodes,
+            so the steps per epoch do not change), from a seed derived from `seed` and the epoch, instead of
+            repeating the same episodes, which a model can memorise over many epochs. The first epoch's episodes are
+            those drawn without it; resuming is still exact. Held-out pairs (`heldout_fraction`) stay out of every
+            epoch. Episodes are then drawn while training, one epoch at a time, in every process.
         too_few_pairs (`str`, *optional*, defaults to `"skip"`):
             What to do with a user who has fewer pairs than one episode needs: `"skip"` (logged with a count),
             `"replace"` (sample that user's pairs with replacement) or `"error"` (raise before training).
@@ -69,14 +76,17 @@ class NPEpisodeArguments:
         encoder_hidden_dim (`int`, *optional*, defaults to `256`):
             Width of the latent encoder's MLPs.
         aggregation (`str`, *optional*, defaults to `"mean"`):
-            Set aggregation of the encoder: `"mean"`, `"sum"` or `"attention"` (masked self-attention, then mean).
+            Set aggregation of the encoder: `"mean"`, `"shrunk_mean"` (sum over n pairs / (n + 1): the mean with one
+            pseudo-pair at the empty set, so z moves away from the 0-shot prior as pairs accumulate), `"sum"` or
+            `"attention"` (masked self-attention, then mean).
         aggregation_num_heads (`int`, *optional*, defaults to `4`):
             Attention heads for `aggregation="attention"`.
         context_pair_features (`str`, *optional*, defaults to `"concat"`):
             Features of a context pair in the encoder: `"concat"` (the paper's `g([e(chosen), e(rejected)])`) or
             `"difference"` (antisymmetric, `g([c, r, c - r]) - g([r, c, r - c])`: what both responses share cancels,
             so a choice decided by a few tokens stays visible, and the opposite choice gives the opposite features).
-            Use `"difference"` when a few tokens of long responses decide the choice.
+            With `"difference"` the whole encoder is odd: flipped choices give -z and an empty context gives z = 0,
+            halfway between opposite users, so the 0-shot model cannot side with one of them.
         latent_type (`str`, *optional*, defaults to `"deterministic"`):
             `"deterministic"` (conditional NP) or `"gaussian"` (latent NP trained with the ELBO).
         kl_weight (`float`, *optional*, defaults to `1.0`):
@@ -88,6 +98,9 @@ class NPEpisodeArguments:
     min_context: int = field(default=0, metadata={"help": "Smallest context size drawn in training."})
     max_context: int = field(default=10, metadata={"help": "Largest context size drawn in training (<= num_targets)."})
     episode_passes: int = field(default=1, metadata={"help": "Shuffled passes over each user's pairs per epoch."})
+    redraw_episodes: bool = field(
+        default=False, metadata={"help": "Draw new training episodes every epoch (seed derived from seed and epoch)."}
+    )
     too_few_pairs: str = field(
         default="skip", metadata={"help": "Users with too few pairs: 'skip', 'replace' or 'error'."}
     )
@@ -111,7 +124,7 @@ class NPEpisodeArguments:
     embedding_cache_dir: str | None = field(default=None, metadata={"help": "Persist text embeddings here."})
     latent_dim: int = field(default=64, metadata={"help": "Dimension of the user latent z."})
     encoder_hidden_dim: int = field(default=256, metadata={"help": "Width of the latent encoder."})
-    aggregation: str = field(default="mean", metadata={"help": "'mean', 'sum' or 'attention'."})
+    aggregation: str = field(default="mean", metadata={"help": "'mean', 'shrunk_mean', 'sum' or 'attention'."})
     aggregation_num_heads: int = field(default=4, metadata={"help": "Heads for attention aggregation."})
     context_pair_features: str = field(
         default="concat", metadata={"help": "Encoder features of a context pair: 'concat' or 'difference'."}

@@ -24,8 +24,9 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
 
     Every (prompt, response) of the data is embedded once by a frozen backbone (or taken from precomputed
     `chosen_embedding` / `rejected_embedding` columns) and cached; only the NP modules train: the latent encoder maps an
-    episode's context to z and the reward decoder scores r(x, y, z) = MLP([e(x, y), z]). The loss is the heterogeneous
-    Bradley-Terry-Luce likelihood (or the DPL head's, `reward_head="dpl"`), with `margin` and
+    episode's context to z and the reward decoder scores r(x, y, z) = MLP([e(x, y), z]) (the paper's decoder,
+    `decoder_conditioning="concat"`; `"film"` modulates the features of MLP(e(x, y)) by z). The loss is the
+    heterogeneous Bradley-Terry-Luce likelihood (or the DPL head's, `reward_head="dpl"`), with `margin` and
     `center_rewards_coefficient` as in TRL's `RewardTrainer`, plus the KL term of a Gaussian latent. Metrics follow
     `RewardTrainer`'s names (`accuracy`, `margin`, `min/mean/max_reward`) plus `accuracy_unseen` and `accuracy_ctx{C}`.
 
@@ -97,6 +98,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
                 hidden_dim=args.decoder_hidden_dim,
                 num_layers=args.decoder_num_layers,
                 head=args.reward_head,
+                conditioning=args.decoder_conditioning,
             ),
         )
         set_seed(args.seed)  # as TRL's trainers do before building a model: `seed` fixes the initialisation

@@ -8,12 +8,13 @@ import os
 from typing import Any
 
 import torch
+from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
 from datasets import Dataset
 from torch import nn
 
 from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
 from ..data.embeddings import ContextEmbeddingStore
-from ..data.episode_dataset import EPISODE_COLUMNS, build_episode_dataset, split_heldout
+from ..data.episode_dataset import EPISODE_COLUMNS, RedrawnEpisodes, build_episode_dataset, split_heldout
 from ..data.validation import check_preference_dataset
 from ..modeling.config import ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
 from ..modeling.np_modules import load_np_weights, np_state_dict, save_np_modules
@@ -102,6 +103,7 @@ class NPTrainerMixin:
             episode_passes=args.episode_passes,
             seed=args.seed,
             token_columns=token_columns,
+            redraw=training and args.redraw_episodes,
         )
 
     def _np_hold_out(self, dataset, store: ContextEmbeddingStore, args, token_columns=()):
@@ -123,6 +125,40 @@ class NPTrainerMixin:
             self.remove_callback(HeldoutEvaluationCallback)
             self.add_callback(HeldoutEvaluationCallback(self, args.max_context, args.memorisation_warning_threshold))
         return dataset
+
+    def _get_train_sampler(self, train_dataset=None):
+        """As the Trainer's, except for episodes redrawn every epoch (`redraw_episodes`): their own sampler, which
+        indexes the epoch the Trainer sets (see [`RedrawnEpisodeSampler`]), shuffled from `data_seed` (else `seed`)
+        as accelerate's seedable sampler shuffles, or in order with `train_sampling_strategy="sequential"`."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(dataset, RedrawnEpisodes):
+            return super()._get_train_sampler(train_dataset)
+        strategy = self.args.train_sampling_strategy
+        if strategy not in ("random", "sequential"):
+            raise ValueError(
+                f"`redraw_episodes=True` samples episodes at random or in order, not by length: got "
+                f"`train_sampling_strategy={strategy!r}`. Use 'random' (the default) or 'sequential'."
+            )
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        return dataset.sampler(seed, shuffle=strategy == "random")
+
+    def get_train_dataloader(self):
+        """As the Trainer's; with redrawn episodes, their sampler is also registered as the loader's sampler, as
+        accelerate registers its own seedable sampler (`prepare_data_loader`). Otherwise, with several processes and
+        a resumed epoch (a `SkipBatchSampler` around the `BatchSamplerShard`), `DataLoaderShard.set_epoch` would not
+        reach it, and the resumed epoch would draw epoch 0's episodes."""
+        dataloader = super().get_train_dataloader()
+        if isinstance(self.train_dataset, RedrawnEpisodes):
+            if not isinstance(dataloader, DataLoaderShard):
+                raise ValueError(
+                    f"`redraw_episodes=True` needs accelerate's `DataLoaderShard`, which passes the epoch to the "
+                    f"episode sampler; got a {type(dataloader).__name__}. Do not set "
+                    "`accelerator_config.dispatch_batches=True`."
+                )
+            # With several processes the loader's batch sampler is a BatchSamplerShard around the BatchSampler.
+            batch_sampler = dataloader.batch_sampler
+            dataloader.set_sampler(getattr(batch_sampler, "batch_sampler", batch_sampler).sampler)
+        return dataloader
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -216,6 +252,32 @@ class NPTrainerMixin:
         metrics = {f"{prefix}{key}": sum(values) / len(values) for key, values in self._metrics[mode].items()}
         self._metrics[mode].clear()
         return metrics
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """As the Trainer's, except that with several processes every process evaluates every batch.
+
+        An evaluation episode has as many targets as its user's pairs allow, so a batch shard of one process can
+        hold more target pairs than another's, and TRL's `compute_loss` gathers per-pair tensors (the rewards) with
+        `accelerator.gather`, which needs one shape on every process: it failed (gloo: "Received data size doesn't
+        match expected size"; NCCL may hang), as soon as the shards differed, e.g. at the held-out evaluations.
+        Evaluating the same batches everywhere also runs the same forward calls on every process (ZeRO-3 gathers
+        parameters collectively), counts each episode once instead of the shards' padding twice, and gives every
+        process the same metrics, those of one process (the loss up to the weighting of a short last batch). The
+        price is that evaluation is not sped up by more processes.
+        """
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        if self.accelerator.num_processes > 1:
+            shard = getattr(dataloader, "batch_sampler", None)
+            if not isinstance(shard, BatchSamplerShard):
+                raise ValueError(
+                    f"{type(self).__name__} evaluates on several processes by giving each the whole evaluation set, "
+                    f"which needs accelerate's `BatchSamplerShard`; got a {type(dataloader).__name__} with "
+                    f"{type(shard).__name__}. Do not set `accelerator_config.dispatch_batches=True`."
+                )
+            # A pass-through shard, as transformers' `Trainer._get_dataloader` makes for its rank-aware
+            # `BatchRebalanceSampler`; without `even_batches`, a short last batch is not padded with repeats.
+            shard.num_processes, shard.process_index, shard.split_batches, shard.even_batches = 1, 0, False, False
+        return dataloader
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As the Trainer's; the trainer's own metrics are logged under `metric_key_prefix` too (e.g.

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
+from accelerate.utils import gather_object
 
 
 @dataclass
@@ -50,7 +51,15 @@ def prepare_base(base_model, tokenizer, script_args: TinyArguments, training_arg
 
 
 def write_run_info(trainer, eval_metrics: dict) -> None:
-    """What actually ran, for the test to check: `<output_dir>/run_info.json` (main process)."""
+    """What actually ran, for the test to check: `<output_dir>/run_info.json` (main process). Call it on every
+    process: it collects each process's held-out evaluation logs (metrics and step, not timings)."""
+    timings = ("_runtime", "_per_second")
+    heldout = [
+        {k: v for k, v in log.items() if (k.startswith("heldout_") and not k.endswith(timings)) or k == "step"}
+        for log in trainer.state.log_history
+        if "heldout_loss" in log
+    ]
+    heldout_by_process = gather_object([heldout])  # collective
     if not trainer.accelerator.is_main_process:
         return
     plugin = trainer.accelerator.state.deepspeed_plugin
@@ -61,6 +70,7 @@ def write_run_info(trainer, eval_metrics: dict) -> None:
         "global_step": trainer.state.global_step,
         "train_losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
         "eval_metrics": eval_metrics,
+        "heldout_logs_by_process": heldout_by_process,
     }
     with open(os.path.join(trainer.args.output_dir, "run_info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)
