@@ -31,7 +31,9 @@ Run (2 CPU cores: about 4 min for an NP-DPO run, 2-3 min for an LoRA NP-BTL run,
     python -m benchmarks.steering                                   # 2 users, signal 0.25, seed 0, every method
     python -m benchmarks.steering --signal_fractions 1.0 0.5 0.25 --users 2 8 --seeds 0 1
 
-It prints one table per task and writes `benchmarks/results/steering.json` (one record per run, appended by task).
+It prints one table per task and writes `benchmarks/results/steering.json`: one record per (method, signal fraction,
+users, seed) with its command and date, merged with the runs already there (and with `--merge` files); a run redone
+replaces the old record. `--methods` with no method only merges and prints the tables.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from fssa_trl.testing_utils import (
     word_tokenizer,
 )
 
-from .harness import machine_facts
+from .harness import run_stamp, write_json
 
 CONTEXT_SIZES = (0, 1, 3, 5, 10)
 METHODS = ("np_dpo", "dpo_oracle", "dpo_pooled", "np_btl", "rm_oracle", "rm_pooled", "frozen_np_btl")
@@ -257,15 +259,20 @@ def _rows_of(dataset, users):
 
 
 def summarise(records: list[dict]) -> str:
-    """A Markdown table per task: mean and spread (min-max over seeds) of the per-user mean accuracy."""
+    """A Markdown table per task: mean over users of the held-out accuracy, mean [min, max] over seeds; the highest
+    user at 0 context pairs (near 50 is a 0-shot model that sides with no user), the lowest at 10, and the steps to
+    reach 85% (NP: at 10 context pairs for every user; oracle: its slowest user) per seed. Context-free methods have
+    one accuracy, shown at 0."""
     lines = []
     tasks = sorted({(r["signal_fraction"], r["num_users"]) for r in records}, key=lambda t: (-t[0], t[1]))
     for fraction, num_users in tasks:
         lines += [
-            f"\nsignal fraction {fraction}, {num_users} users (held-out accuracy, mean over users; mean [min, max] "
+            f"\nsignal fraction {fraction}, {num_users} users (held-out accuracy %, mean over users; mean [min, max] "
             "over seeds)\n",
-            "| method | " + " | ".join(f"ctx {c}" for c in CONTEXT_SIZES) + " | worst user at ctx 10 | steps to 85% |",
-            "|---" * (len(CONTEXT_SIZES) + 3) + "|",
+            "| method | "
+            + " | ".join(f"ctx {c}" for c in CONTEXT_SIZES)
+            + " | highest user at ctx 0 | lowest user at ctx 10 | steps to 85% |",
+            "|---" * (len(CONTEXT_SIZES) + 4) + "|",
         ]
         for method in METHODS:
             runs = [
@@ -275,18 +282,20 @@ def summarise(records: list[dict]) -> str:
             ]
             if not runs:
                 continue
-            cells, worst, steps = [], [], []
-            for size in CONTEXT_SIZES:
-                values = [_user_mean(run, size) for run in runs]
-                cells.append(_spread(values))
+            contextual = method in ("np_dpo", "np_btl", "frozen_np_btl")
+            cells = [
+                _spread([_user_mean(run, size) for run in runs]) if contextual or size == 0 else "-"
+                for size in CONTEXT_SIZES
+            ]
+            highest = _spread([max(_per_user(run, 0).values()) for run in runs])
+            lowest = _spread([min(_per_user(run, 10).values()) for run in runs])
+            steps = []
             for run in runs:
-                worst.append(min(_per_user(run, 10).values()))
                 target = run["steps_to_target"]
-                if isinstance(target, dict):  # oracle: the slowest user
-                    target = None if None in target.values() else max(target.values(), default=None)
-                steps.append(target)
-            steps_cell = ", ".join("-" if s is None else str(s) for s in steps)
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {_spread(worst)} | {steps_cell} |")
+                if isinstance(target, dict):  # oracle: the slowest user; pooled: none
+                    target = None if not target or None in target.values() else max(target.values())
+                steps.append("-" if target is None else str(target))
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {highest} | {lowest} | {', '.join(steps)} |")
     return "\n".join(lines)
 
 
@@ -305,7 +314,8 @@ def _spread(values: list[float]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, help="none: only summarise")
+    parser.add_argument("--merge", nargs="*", default=[], help="result files whose runs to add to --output")
     parser.add_argument("--signal_fractions", nargs="+", type=float, default=[0.25])
     parser.add_argument("--users", nargs="+", type=int, default=[2], choices=[2, 8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -327,11 +337,18 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     logging.getLogger("fssa_trl").setLevel(logging.WARNING)
 
-    previous = json.load(open(args.output))["runs"] if os.path.exists(args.output) else []
+    previous = []
+    for path in [args.output, *args.merge]:  # earlier runs are kept unless this one redoes them
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                previous += json.load(f)["runs"]
+    stamp = run_stamp("steering", torch.device("cpu"), args)
     records = []
     for fraction in args.signal_fractions:
         for num_users in args.users:
             for seed in args.seeds:
+                if not args.methods:
+                    continue
                 tokenizer, train, test, users = task(args, fraction, num_users, seed)
                 for method in args.methods:
                     start = time.perf_counter()
@@ -340,19 +357,13 @@ def main(argv=None):
                     else:
                         result = run_plain(method, args, tokenizer, train, test, users, seed)
                     record = dict(method=method, signal_fraction=fraction, num_users=num_users, seed=seed, **result)
-                    record["wall_seconds"] = time.perf_counter() - start
+                    record.update(wall_seconds=time.perf_counter() - start, command=stamp["command"])
+                    record["date_utc"] = stamp["date_utc"]
                     records.append(record)
                     print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
-    keys = {(r["method"], r["signal_fraction"], r["num_users"], r["seed"]) for r in records}
-    kept = [r for r in previous if (r["method"], r["signal_fraction"], r["num_users"], r["seed"]) not in keys]
-    runs = kept + records
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(
-            {"machine": machine_facts(torch.device("cpu")), "date": time.strftime("%Y-%m-%d"), "runs": runs},
-            f,
-            indent=1,
-        )
+    runs = {(r["method"], r["signal_fraction"], r["num_users"], r["seed"]): r for r in previous + records}
+    runs = list(runs.values())
+    write_json({**stamp, "runs": runs}, args.output)
     print(summarise(runs))
 
 
