@@ -104,6 +104,12 @@ def style_preference_dataset(
     if not 0 < signal_fraction <= 1:
         raise ValueError(f"`signal_fraction` must be in (0, 1], got {signal_fraction}.")
     users = users or {"A": "a", "B": "b"}
+    for user, ranking in users.items():
+        if not ranking or len(set(ranking)) != len(ranking):
+            raise ValueError(
+                f"`users[{user!r}]` must rank distinct one-letter styles, best first (e.g. 'a' or 'abcd'), "
+                f"got {ranking!r}."
+            )
     rng = random.Random(seed)
 
     def sentence(prefix: str, length: int) -> str:

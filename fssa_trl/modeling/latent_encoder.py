@@ -125,6 +125,8 @@ class NPLatentEncoder(nn.Module):
         if self.pair_features == "concat":
             return self.pair_encoder(torch.cat([chosen, rejected], dim=-1))
         difference = chosen - rejected
+        # Two calls, not one on the stacked pair and flip: the hard-task NP-DPO test's outcome moves with bit-level
+        # differences (issue 7 note), and the batched call changes the matmul shapes.
         return self.pair_encoder(torch.cat([chosen, rejected, difference], dim=-1)) - self.pair_encoder(
             torch.cat([rejected, chosen, -difference], dim=-1)
         )
