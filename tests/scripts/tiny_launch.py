@@ -60,8 +60,14 @@ def write_run_info(trainer, eval_metrics: dict) -> None:
         if "heldout_loss" in log
     ]
     heldout_by_process = gather_object([heldout])  # collective
-    if not trainer.accelerator.is_main_process:
-        return
+    if trainer.accelerator.is_main_process:
+        _write_info(trainer, eval_metrics, heldout_by_process)
+    # Every process waits here: a process that destroyed the process group (`trainer.end()`) while the other was still
+    # finishing `gather_object` aborted at exit ("terminate called without an active exception"; once in CI).
+    trainer.accelerator.wait_for_everyone()
+
+
+def _write_info(trainer, eval_metrics: dict, heldout_by_process: list) -> None:
     plugin = trainer.accelerator.state.deepspeed_plugin
     info = {
         "distributed_type": str(trainer.accelerator.distributed_type),
