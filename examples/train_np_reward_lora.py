@@ -30,7 +30,7 @@ import sys
 
 from datasets import load_dataset
 from peft import LoraConfig
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from fssa_trl import NPRewardConfig, NPRewardTrainer, evaluate_few_shot
 
@@ -82,6 +82,7 @@ def main(script_args, training_args, model_args):
         train_dataset=train_dataset,
         processing_class=processing_class,
         peft_config=peft_config,
+        quantization_config=get_quantization_config(model_args),  # quantized layers cannot be gated: a clear error
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -90,6 +91,9 @@ def main(script_args, training_args, model_args):
         print(f"\n{results}")
         results.to_json(os.path.join(training_args.output_dir, "few_shot_accuracy.json"))
         print(f"\nSaved the reward model to {training_args.output_dir}")
+    if training_args.push_to_hub:  # adapter, NP modules, fssa_config.json and the model card
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()  # finish the trackers and destroy the process group
 
 
 def make_parser():

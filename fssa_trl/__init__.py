@@ -3,15 +3,20 @@
 
 from .data import DataCollatorForContextSets, users_from_attributes
 from .evaluation import FewShotResults, evaluate_few_shot
+from .hub import push_folder_to_hub
+from .model_card import steerable_model_card
 from .modeling import (
     ContextFreeRewardModel,
     SteerableEmbeddingRewardModel,
     SteerableLoRARewardModel,
+    SteerableModel,
     SteerablePolicy,
     SteerableRewardModel,
+    export_user,
     fold_latent_into_lora,
     gated_lora_config,
 )
+from .rewards import RewardModelFunction, SteerableRewardFunction
 from .trainer import (
     MemorisationWarning,
     NPDPOConfig,
@@ -34,13 +39,19 @@ __all__ = [
     "NPEmbeddingRewardTrainer",
     "NPRewardConfig",
     "NPRewardTrainer",
+    "RewardModelFunction",
     "SteerableEmbeddingRewardModel",
     "SteerableLoRARewardModel",
+    "SteerableModel",
     "SteerablePolicy",
+    "SteerableRewardFunction",
     "SteerableRewardModel",
     "__version__",
     "evaluate_few_shot",
+    "export_user",
     "fold_latent_into_lora",
     "gated_lora_config",
+    "push_folder_to_hub",
+    "steerable_model_card",
     "users_from_attributes",
 ]

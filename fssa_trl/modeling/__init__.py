@@ -11,6 +11,7 @@ from .config import (
     SteerableConfig,
 )
 from .embedding_model import NPEmbeddingRewardModel
+from .export import ExportRecord, export_user
 from .gated_lora import (
     GatedLoraLinear,
     LoRAModulator,
@@ -37,6 +38,7 @@ __all__ = [
     "ContextFreeRewardModel",
     "EmbeddingRewardDecoder",
     "EmbeddingRewardModelConfig",
+    "ExportRecord",
     "GatedLoRAModelConfig",
     "GatedLoraLinear",
     "HypernetworkConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "SteerablePolicy",
     "SteerableRewardModel",
     "encode_episodes",
+    "export_user",
     "find_gated_lora_layers",
     "fold_latent_into_lora",
     "gated_lora_config",

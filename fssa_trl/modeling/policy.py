@@ -172,6 +172,29 @@ class SteerablePolicy(SteerableModel):
         policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
         return self.fssa_config.beta * (policy - self.reference_log_probs(prompts, responses, batch_size))
 
+    def export(
+        self,
+        output_dir: str,
+        context: Context = None,
+        latent: torch.Tensor | None = None,
+        merge: bool = False,
+        *,
+        base_model_name_or_path: str | None = None,
+    ) -> str:
+        """Write one user's policy (given by `context` or `latent`) as a PEFT adapter for `AutoModelForCausalLM`
+        (`merge=True`: full weights) that loads and generates without fssa_trl. See [`export_user`].
+
+        Example:
+
+        ```python
+        >>> policy.export("policy-alice", context=alice_choices)
+        >>> # without fssa_trl: AutoPeftModelForCausalLM.from_pretrained("policy-alice")
+        ```
+        """
+        from .export import export_user
+
+        return export_user(self, output_dir, context, latent, merge, base_model_name_or_path=base_model_name_or_path)
+
     @torch.no_grad()
     def reference_log_probs(self, prompts: Sequence, responses: Sequence, batch_size: int = 8) -> torch.Tensor:
         """log pi_ref(y | x) `(N,)`: the base model with adapters (and so modulation) off. It does not depend on the

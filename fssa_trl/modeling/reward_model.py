@@ -92,6 +92,31 @@ class SteerableRewardModel(SteerableModel, metaclass=abc.ABCMeta):
         Returns a float32 CPU tensor of shape `(N,)`.
         """
 
+    def export(
+        self,
+        output_dir: str,
+        context: Context = None,
+        latent: torch.Tensor | None = None,
+        merge: bool = False,
+        *,
+        base_model_name_or_path: str | None = None,
+    ) -> str:
+        """Write one user's reward model (given by `context` or `latent`) as a standard artifact that loads without
+        fssa_trl: a PEFT adapter for `AutoModelForSequenceClassification` (`merge=True`: full weights) for a LoRA
+        reward model, a sentence-transformers model whose single output is the reward for a frozen-embedding one.
+        See [`export_user`].
+
+        Example:
+
+        ```python
+        >>> rm.export("rm-alice", context=alice_choices)
+        >>> # without fssa_trl: AutoPeftModelForSequenceClassification.from_pretrained("rm-alice", num_labels=1)
+        ```
+        """
+        from .export import export_user
+
+        return export_user(self, output_dir, context, latent, merge, base_model_name_or_path=base_model_name_or_path)
+
     @staticmethod
     def _check_lengths(prompts, responses) -> None:
         if len(prompts) != len(responses):

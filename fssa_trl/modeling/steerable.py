@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from huggingface_hub import CommitInfo
+from peft import PeftModel
 from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
 from .config import ContextEmbeddingConfig, GatedLoRAModelConfig, SteerableConfig
 from .gated_lora import gated_lora_config
-from .np_modules import NPModules, load_np_modules
+from .np_modules import NPModules, load_np_modules, save_np_modules
+
+if TYPE_CHECKING:
+    from ..evaluation import FewShotResults
 
 Context = Sequence[dict[str, Any]] | None
 
@@ -56,24 +63,36 @@ class SteerableModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path: str,
+        pretrained_model_name_or_path: str,
         base_model_name_or_path: str | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        *,
+        revision: str | None = None,
+        token: str | None = None,
     ) -> SteerableModel:
-        """Load a model saved by an NP trainer (`fssa_config.json`, `fssa_np.safetensors` and, for LoRA models, the
-        PEFT adapter and tokenizer). Only safetensors and JSON files are read. The class of the returned model follows
-        the saved `model_type`; a folder of another kind raises an error naming the file and the field.
+        """Load a model saved by an NP trainer or by [`save_pretrained`] (`fssa_config.json`, `fssa_np.safetensors`
+        and, for LoRA models, the PEFT adapter and tokenizer), from a folder or a Hub repository. Only safetensors,
+        JSON and the tokenizer's text files are downloaded and read; for LoRA models the base model named in the
+        adapter config is loaded with transformers as usual. The class of the returned model follows the saved
+        `model_type`; a folder of another kind raises an error naming the file and the field.
 
         Args:
-            path (`str`): the output folder or a checkpoint folder.
+            pretrained_model_name_or_path (`str`): an output or checkpoint folder, or a Hub repository id.
             base_model_name_or_path (`str`, *optional*): override the base model recorded in the adapter config.
             dtype (`torch.dtype`, *optional*): dtype of the base model (default float32).
             device (`str` or `torch.device`, *optional*): where to put the model.
+            revision (`str`, *optional*): branch, tag or commit of the Hub repository (not for a folder).
+            token (`str`, *optional*): token for a private or gated Hub repository.
         """
-        if cls.config_class is None:
+        # `SteerableModel.from_pretrained` loads any kind (the CLI does); a subclass only its own kinds.
+        config_class = SteerableConfig if cls is SteerableModel else cls.config_class
+        if config_class is None:
             raise ValueError(f"{cls.__name__} has no saved form to load.")
-        modules, config = load_np_modules(path, cls.config_class)
+        from ..hub import resolve_pretrained
+
+        path = resolve_pretrained(pretrained_model_name_or_path, revision=revision, token=token)
+        modules, config = load_np_modules(path, config_class)
         # Each concrete class builds its model in `_from_folder(path, config, modules, base_model_name_or_path, dtype)`.
         target = cls if cls.config_class is type(config) else SteerableModel._loaders[type(config)]
         model = target._from_folder(path, config, modules, base_model_name_or_path, dtype)
@@ -83,6 +102,77 @@ class SteerableModel(nn.Module):
                 model.embedder.model.to(device)
         model.model.eval()
         return model
+
+    # ------------------------------------------------------------------------------------------- saving and hub
+    def save_pretrained(
+        self,
+        save_directory: str,
+        *,
+        model_name: str | None = None,
+        few_shot: FewShotResults | Mapping[str, float] | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        """Write the files an NP trainer's `save_model` writes, so that [`from_pretrained`] loads them back:
+        `fssa_config.json`, `fssa_np.safetensors`, the PEFT adapter (LoRA models), the tokenizer and the model card
+        (README.md). Safetensors and JSON only.
+
+        Args:
+            save_directory (`str`): the folder (created if needed).
+            model_name (`str`, *optional*): the card's title (default: the folder's name).
+            few_shot ([`FewShotResults`] or `dict`, *optional*): accuracy by context size for the card.
+            model_id (`str`, *optional*): what the card's usage snippet loads (default: `save_directory`).
+        """
+        from ..model_card import steerable_model_card_of
+
+        if self.fssa_config is None:
+            raise ValueError(f"{type(self).__name__} has no saved form: it holds no NP modules to save.")
+        os.makedirs(save_directory, exist_ok=True)
+        if isinstance(self.model, PeftModel):
+            # The adapter only (as the trainers save it), with its config naming the base model.
+            self.model.save_pretrained(save_directory, selected_adapters=[self.fssa_config.adapter_name])
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        save_np_modules(save_directory, self.np_modules.state_dict(), self.fssa_config)
+        card = steerable_model_card_of(
+            self.model,
+            self.fssa_config,
+            model_name=model_name or os.path.basename(os.path.abspath(save_directory)),
+            model_id=model_id or save_directory,
+            few_shot=few_shot,
+        )
+        card.save(os.path.join(save_directory, "README.md"))  # after PEFT's, which it replaces
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        few_shot: FewShotResults | Mapping[str, float] | None = None,
+    ) -> CommitInfo:
+        """Upload the model to the Hub repository `repo_id` (created if needed), as [`save_pretrained`] writes it;
+        load it back with `from_pretrained(repo_id)`.
+
+        Args:
+            repo_id (`str`): `"<namespace>/<name>"`.
+            private (`bool`, *optional*): whether a new repository is private.
+            token (`str`, *optional*): a token with write access (default: the saved login or `HF_TOKEN`).
+            revision (`str`, *optional*): the branch to commit to, created if missing.
+            commit_message (`str`, *optional*): the commit message.
+            few_shot ([`FewShotResults`] or `dict`, *optional*): accuracy by context size for the card.
+
+        Returns:
+            [`~huggingface_hub.CommitInfo`]
+        """
+        from ..hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, model_name=repo_id.split("/")[-1], few_shot=few_shot, model_id=repo_id)
+            return push_folder_to_hub(
+                folder, repo_id, private=private, token=token, revision=revision, commit_message=commit_message
+            )
 
     @property
     def np_modules(self) -> NPModules | None:
@@ -158,11 +248,12 @@ def embedder_from_config(
 def load_gated_peft_model(
     path: str, auto_class, config: GatedLoRAModelConfig, modules: NPModules, base_model_name_or_path, dtype, **kw
 ):
-    """Base model + gated PEFT adapter + NP modules from a folder written by an NP trainer (safetensors and JSON).
+    """Base model + gated PEFT adapter + NP modules from a local folder written by an NP trainer (safetensors and
+    JSON); the base model is loaded with transformers from the name or path in the adapter config.
 
     Returns the PEFT model (with `fssa_np` attached), its tokenizer and the context embedder.
     """
-    from peft import LoraConfig, PeftModel
+    from peft import LoraConfig
     from transformers import AutoTokenizer
 
     lora_config = gated_lora_config(LoraConfig.from_pretrained(path))

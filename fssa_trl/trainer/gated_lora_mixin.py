@@ -40,8 +40,22 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
 
     # ------------------------------------------------------------------------------------------------ construction
     @staticmethod
-    def _np_peft_config(peft_config):
-        """The user's LoRA config, copied with the gated layer registered (`None` when the model is a PeftModel)."""
+    def _np_peft_config(peft_config, args=None, quantization_config=None):
+        """The user's LoRA config, copied with the gated layer registered (`None` when the model is a PeftModel).
+
+        Refuses a quantized base model before any weight is loaded: PEFT builds its own LoRA layers for bitsandbytes
+        layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated).
+        """
+        init_kwargs = getattr(args, "model_init_kwargs", None)
+        if quantization_config is None and isinstance(init_kwargs, dict):
+            quantization_config = init_kwargs.get("quantization_config")
+        if quantization_config is not None:
+            raise ValueError(
+                "A quantized base model (`quantization_config`, e.g. from `--load_in_4bit` or `--load_in_8bit`) cannot "
+                "be gated: fssa_trl modulates LoRA layers of full-precision `nn.Linear` projections, and PEFT builds "
+                "different LoRA layers on bitsandbytes weights. Load the base model unquantized (for example "
+                "`--dtype bfloat16`) and drop the quantization flags."
+            )
         return None if peft_config is None else gated_lora_config(peft_config)
 
     def _np_setup(self, saved_config_class, head: nn.Module | None = None, **saved_fields) -> None:

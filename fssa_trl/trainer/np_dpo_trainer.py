@@ -95,7 +95,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             quantization_config=quantization_config,
-            peft_config=self._np_peft_config(peft_config),
+            peft_config=self._np_peft_config(peft_config, args, quantization_config),
         )
         self._np_setup(PolicyConfig, beta=args.beta)
 

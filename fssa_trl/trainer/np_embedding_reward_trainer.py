@@ -63,6 +63,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
     """
 
     _tag_names = ["fssa-trl", "np-btl", "reward-model"]
+    _name = "NP-BTL Reward (frozen embeddings)"  # in the model card, as TRL names its trainers
     _np_token_columns = ("margin",)
 
     def __init__(

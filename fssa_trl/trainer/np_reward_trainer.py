@@ -88,7 +88,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             quantization_config=quantization_config,
-            peft_config=self._np_peft_config(peft_config),
+            peft_config=self._np_peft_config(peft_config, args, quantization_config),
         )
         head = reward_head_module(self.model)
         if not any(p.requires_grad for p in head.parameters()):

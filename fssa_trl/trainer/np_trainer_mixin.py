@@ -5,6 +5,8 @@ accuracy by context size, save and restore the NP modules. Mixed in before the T
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +18,9 @@ from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
 from ..data.embeddings import ContextEmbeddingStore
 from ..data.episode_dataset import EPISODE_COLUMNS, RedrawnEpisodes, build_episode_dataset, split_heldout
 from ..data.validation import check_preference_dataset
-from ..modeling.config import ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
-from ..modeling.np_modules import load_np_weights, np_state_dict, save_np_modules
+from ..model_card import PAPER, few_shot_metrics, steerable_model_card_of
+from ..modeling.config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
+from ..modeling.np_modules import FSSA_WEIGHTS_NAME, load_np_weights, np_state_dict, save_np_modules
 from .callbacks import HELDOUT_PREFIX, HeldoutEvaluationCallback
 from .np_dpo_config import NPDPOConfig
 from .np_embedding_reward_config import NPEmbeddingRewardConfig
@@ -46,6 +49,8 @@ class NPTrainerMixin:
     fssa_config: SteerableConfig | None = None
     heldout_dataset = None  # evaluation episodes of the held-out training pairs, if any
     _np_metric_prefix = "eval"  # `metric_key_prefix` of the evaluation in progress
+    # The method paper, in TRL's form (`_BaseTrainer._paper`); replaces DPOTrainer's, whose objective NP-DPO conditions.
+    _paper = PAPER
 
     # ------------------------------------------------------------------------------------------------------ args
     @classmethod
@@ -301,11 +306,66 @@ class NPTrainerMixin:
 
     # ------------------------------------------------------------------------------------------ save and restore
     def _np_save(self, output_dir: str, state_dict) -> None:
-        """Write `fssa_np.safetensors` and `fssa_config.json` (main process). `state_dict` is the consolidated one
-        under ZeRO-3 (gathered on every rank by `save_model`), else `None`."""
+        """Write `fssa_np.safetensors`, `fssa_config.json` and the model card, README.md (main process), after the
+        trainer's own files (PEFT's `save_pretrained` writes a card of its own, which ours replaces). `state_dict` is
+        the consolidated one under ZeRO-3 (gathered on every rank by `save_model`), else `None`."""
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             save_np_modules(output_dir, np_state_dict(self.model, state_dict), self.fssa_config)
+            self._np_model_card(model_id=self.hub_model_id or self.args.hub_model_id or output_dir).save(
+                os.path.join(output_dir, "README.md")
+            )
 
     def _np_load(self, checkpoint: str) -> None:
         load_np_weights(self.model.fssa_np, checkpoint)
+
+    # ------------------------------------------------------------------------------------------------ model card
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """Write the model card (see [`steerable_model_card`]) to `args.output_dir`: TRL's hook, called by
+        `push_to_hub` and at every checkpoint. `save_model` writes the same card beside the weights."""
+        if self.is_world_process_zero():
+            card = self._np_model_card(model_name, dataset_name, tags)
+            card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _np_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        model_id: str | None = None,
+    ):
+        """The card of the model being trained, with the last logged few-shot evaluation (`eval_accuracy_ctx{C}`,
+        `heldout_accuracy_ctx{C}`) and a usage snippet that loads it, with a context, from `model_id` (default: the
+        Hub repository, else `output_dir`)."""
+        hub_id = self.hub_model_id or self.args.hub_model_id
+        if model_name is None:
+            model_name = hub_id.split("/")[-1] if hub_id else Path(self.args.output_dir).name
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        return steerable_model_card_of(
+            self.model,
+            self.fssa_config,
+            model_name=model_name,
+            model_id=model_id or hub_id or self.args.output_dir,
+            few_shot=few_shot_metrics(self.state.log_history) or None,
+            hub_model_id=hub_id,
+            tags=[*self._tag_names, *tags, "generated_from_trainer"],
+            dataset_name=dataset_name,
+            trainer_name=self._name,
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """As the Trainer's (`push_to_hub=True` with `hub_strategy` other than "end"), which copies the weight files
+        it knows (config, weights, PEFT adapter) from the checkpoint into `output_dir` and uploads `output_dir`:
+        `fssa_np.safetensors` and `fssa_config.json` are copied first, so that the upload is one consistent model."""
+        args = self.args
+        push = getattr(self, "push_in_progress", None)
+        pending = push is not None and not push.is_done()
+        # The Trainer's own conditions for pushing at all; outside them it copies nothing, and neither do we.
+        if self.is_world_process_zero() and args.hub_strategy != "end" and (args.hub_always_push or not pending):
+            for name in (FSSA_WEIGHTS_NAME, FSSA_CONFIG_NAME):
+                source = os.path.join(checkpoint_folder, name)
+                if os.path.isfile(source):
+                    shutil.copy(source, os.path.join(args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
