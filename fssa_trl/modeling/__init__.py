@@ -17,6 +17,7 @@ from .gated_lora import (
     LoRAModulator,
     find_gated_lora_layers,
     fold_latent_into_lora,
+    folded_lora_weights,
     gated_lora_config,
 )
 from .hypernetwork import LoRAHypernetwork, Modulation
@@ -64,6 +65,7 @@ __all__ = [
     "export_user",
     "find_gated_lora_layers",
     "fold_latent_into_lora",
+    "folded_lora_weights",
     "gated_lora_config",
     "gaussian_kl",
     "load_np_modules",

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..data.embeddings import _backbone
 from ..version import __version__
-from .gated_lora import find_gated_lora_layers
+from .gated_lora import folded_lora_weights
 from .hypernetwork import Modulation
 from .policy import SteerablePolicy
 from .reward_head import EmbeddingRewardDecoder
@@ -206,11 +206,9 @@ def _folded_parameters(peft_model, modulation: Modulation, adapter: str, head_mo
     """`{parameter name: folded value}` for one user: every gated `lora_B` times its gates (B diag(g)), and the
     reward head's weight plus the head direction (`score(h) + h . head = (w + head) . h`)."""
     names = {id(p): name for name, p in peft_model.named_parameters(remove_duplicate=False)}
-    gates = modulation.gates[0]  # (num_layers, rank)
-    folded = {}
-    for index, (_, layer) in enumerate(find_gated_lora_layers(peft_model, adapter)):
-        weight = layer.lora_B[adapter].weight  # (out, rank)
-        folded[names[id(weight)]] = (weight * gates[index].to(weight.dtype).unsqueeze(0)).detach()
+    folded = {
+        names[id(weight)]: value for weight, value in folded_lora_weights(peft_model, modulation.gates[0], adapter)
+    }
     if modulation.head is not None:
         from peft.utils import ModulesToSaveWrapper
 

@@ -307,15 +307,28 @@ def _head_hook(head: torch.Tensor):
 
 
 @torch.no_grad()
+def folded_lora_weights(
+    model: nn.Module, gates: torch.Tensor, adapter_name: str = "default"
+) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Each gated layer's LoRA B weight with the value it takes when one user's gates `(num_layers, rank)` are folded
+    in, `B_l diag(g_l)`; the model is not changed ([`fold_latent_into_lora`] and the exports apply the values)."""
+    layers = find_gated_lora_layers(model, adapter_name)
+    if gates.shape != (len(layers), gates.shape[-1]):
+        raise ValueError(f"`gates` must have shape ({len(layers)}, rank), got {tuple(gates.shape)}.")
+    folded = []
+    for index, (_, layer) in enumerate(layers):
+        weight = layer.lora_B[adapter_name].weight  # (out, r)
+        folded.append((weight, weight * gates[index].to(weight.dtype).unsqueeze(0)))
+    return folded
+
+
+@torch.no_grad()
 def fold_latent_into_lora(model: nn.Module, gates: torch.Tensor, adapter_name: str = "default") -> None:
     """Fold one user's gates `(num_layers, rank)` into the LoRA B matrices in place: B_l <- B_l diag(g_l).
 
     Afterwards the plain LoRA adapter (outside any [`LoRAModulator.apply`] block, or loaded without fssa_trl) computes
-    exactly the modulated model for that user. Apply it to a copy of the model.
+    exactly the modulated model for that user. Apply it to a copy of the model, or export the user without copying
+    it with `SteerableRewardModel.export` / `SteerablePolicy.export`.
     """
-    layers = find_gated_lora_layers(model, adapter_name)
-    if gates.shape != (len(layers), gates.shape[-1]):
-        raise ValueError(f"`gates` must have shape ({len(layers)}, rank), got {tuple(gates.shape)}.")
-    for index, (_, layer) in enumerate(layers):
-        weight = layer.lora_B[adapter_name].weight  # (out, r)
-        weight.mul_(gates[index].to(weight.dtype).unsqueeze(0))
+    for weight, value in folded_lora_weights(model, gates, adapter_name):
+        weight.copy_(value)
