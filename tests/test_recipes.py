@@ -49,7 +49,8 @@ def test_recipe_loads_into_its_parser(path):
     assert not unknown_keys(path, parser), f"unknown keys in {path}: {sorted(unknown_keys(path, parser))}"
     with open(path, encoding="utf-8") as f:
         keys = set(yaml.safe_load(f))
-    parsed = parser.parse_args_and_config(args=["--config", path])
+    # bf16 recipes are for GPUs; TrainingArguments refuses bf16 on a CPU-only machine while parsing.
+    parsed = parser.parse_args_and_config(args=["--config", path, "--bf16", "false"])
     training_args = parsed[1]
     for key in ("num_targets", "max_context", "output_dir"):
         if key in keys:
@@ -61,3 +62,15 @@ def test_unknown_recipe_key_is_caught(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("output_dir: x\nnum_targets: 4\nnum_target: 4\n")  # a typo of num_targets
     assert unknown_keys(str(bad), load_parser(SCRIPTS["np_reward"])) == {"num_target"}
+
+
+def test_every_recipe_has_its_launch_line_in_the_recipes_readme():
+    with open(os.path.join(ROOT, "recipes", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    launches = [line for line in readme.splitlines() if "accelerate launch" in line or "--config recipes/" in line]
+    for path in RECIPES:
+        relative = os.path.relpath(path, ROOT)
+        script = SCRIPTS[os.path.basename(os.path.dirname(path))]
+        assert any(f"--config {relative}" in line for line in launches), f"no launch line for {relative}"
+        block = readme[readme.index(f"--config {relative}") - 400 : readme.index(f"--config {relative}")]
+        assert f"examples/{script}" in block, f"the launch line of {relative} does not run examples/{script}"

@@ -57,3 +57,48 @@ def test_scripts_push_to_hub_like_trl_scripts(script, tmp_path, hub):
     module.main(*module.make_parser().parse_args_and_config(args=argv))
     uploaded = hub.files("org/np-model")
     assert {"fssa_np.safetensors", "fssa_config.json", "adapter_model.safetensors", "README.md"} <= uploaded
+
+
+def ultrafeedback_like():
+    """Rows in UltraFeedback's layout: 3 rated responses per prompt (ratings are strings, "N/A" when missing)."""
+    from datasets import Dataset
+
+    def completion(text, helpful, honest):
+        return {"response": text, "annotations": {"helpfulness": {"Rating": helpful}, "honesty": {"Rating": honest}}}
+
+    rows = []
+    for i in range(20):
+        rows.append(
+            {
+                "instruction": f"question {i}",
+                "completions": [
+                    completion(f"long answer {i}", "5", "2"),
+                    completion(f"short answer {i}", "2", "5"),
+                    completion(f"other answer {i}", "N/A", "4"),
+                ],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def test_prepare_attribute_users_makes_one_user_per_attribute_split_by_prompt():
+    module = load_script("prepare_attribute_users.py")
+    train, test = module.prepare(ultrafeedback_like(), ["helpfulness", "honesty"], True, test_size=0.25, seed=0)
+    assert not set(train["prompt"]) & set(test["prompt"])
+    assert len(set(test["prompt"])) == 5
+    rows = train.to_list() + test.to_list()
+    # Per prompt: (long, short) conflicts -> one row per attribute; (long, other) and (short, other) are decided by
+    # honesty only ("N/A" helpfulness), so they are not conflicting and are dropped.
+    assert len(rows) == 20 * 2
+    for row in rows:
+        i = row["prompt"].split()[-1]
+        expected = {"helpfulness": f"long answer {i}", "honesty": f"short answer {i}"}[row["user_id"]]
+        assert row["chosen"] == expected and row["rejected"] != expected
+
+
+def test_prepare_attribute_users_names_the_layout_it_reads():
+    from datasets import Dataset
+
+    module = load_script("prepare_attribute_users.py")
+    with pytest.raises(ValueError, match="'instruction'.*users_from_attributes"):
+        module.prepare(Dataset.from_dict({"prompt": ["q"]}), ["helpfulness"], False, 0.5, 0)
