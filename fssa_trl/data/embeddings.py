@@ -5,17 +5,22 @@ Three sources, all behind [`ContextEmbeddingStore`]:
 - a precomputed column of vectors,
 - the frozen base model itself (adapters off, no grad, pooled last hidden state),
 - any Hugging Face encoder given by name or path.
+
+A store built with `distributed=True` shares the work of a distributed run: the texts that no process has yet are
+split across the processes, embedded once and gathered, so every process ends with the same table in the same order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,6 +33,12 @@ logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "last")
 PROGRESS_MIN_BATCHES = 10  # fewer forward passes than this take no time worth a progress bar
+# Texts are embedded in chunks of this many batches per process: each chunk is one gather, and the granularity of the
+# progress bar and of the disk cache.
+CHUNK_BATCHES = 64
+# The disk cache is written whenever this many bytes of new embeddings are pending (and at the end), so an interrupted
+# run loses at most this much work; each write is one more part file.
+FLUSH_BYTES = 256 * 2**20
 
 
 def pair_text(prompt, response, tokenizer=None) -> str:
@@ -68,6 +79,13 @@ def _gathered(model: nn.Module):
         yield
 
 
+def _partitioned(embedder) -> bool:
+    """Whether the embedder's model is partitioned by ZeRO-3: then each `embed` call gathers its parameters (a
+    collective) and, once the DeepSpeed engine's hooks are on the model, so does every forward."""
+    model = getattr(embedder, "model", None)
+    return isinstance(model, nn.Module) and any(hasattr(p, "ds_id") for p in _backbone(model).parameters())
+
+
 class TextEmbedder:
     """Pooled last hidden states of a frozen transformer, computed without gradients and with adapters disabled.
 
@@ -91,6 +109,7 @@ class TextEmbedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        self._progress = True  # off while a ContextEmbeddingStore shows one bar for all its chunks
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, tokenizer=None, **kwargs) -> TextEmbedder:
@@ -103,11 +122,16 @@ class TextEmbedder:
 
     @property
     def fingerprint(self) -> str:
-        return json.dumps([str(self.name), self.pooling, self.max_length])
+        """What an embedding depends on besides its text (the disk cache's key): the model's name, the pooling, the
+        truncation and the parameters' dtype (a bf16 and an fp32 copy of one model embed differently)."""
+        param = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
+        dtype = None if param is None else str(param.dtype)
+        return json.dumps([str(self.name), self.pooling, self.max_length, dtype])
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """`(N, D)` float32 CPU embeddings of `texts`."""
+        """`(N, D)` float32 CPU embeddings of `texts`, in batches of `batch_size` texts of similar length: exactly
+        `ceil(N / batch_size)` forward passes."""
         if len(texts) == 0:
             raise ValueError("No texts to embed.")
         body = _backbone(self.model)
@@ -121,9 +145,8 @@ class TextEmbedder:
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id or 0
         starts = range(0, len(order), self.batch_size)
-        progress = tqdm(
-            starts, desc="Embedding texts", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES or _rank() != 0
-        )
+        quiet = not self._progress or len(starts) < PROGRESS_MIN_BATCHES or _rank() != 0
+        progress = tqdm(starts, desc="Embedding texts", unit="batch", disable=quiet)
         with disable, _gathered(body):
             for start in progress:
                 batch = [texts[i] for i in order[start : start + self.batch_size]]
@@ -141,16 +164,123 @@ class TextEmbedder:
         return torch.stack(out)
 
 
+@contextlib.contextmanager
+def _store_progress(embedder):
+    """Silence the embedder's own per-call progress bar while a store shows one for all its chunks."""
+    if not isinstance(embedder, TextEmbedder):
+        yield
+        return
+    previous, embedder._progress = embedder._progress, False
+    try:
+        yield
+    finally:
+        embedder._progress = previous
+
+
+# ----------------------------------------------------------------------------------------------- sharding the work
+def shard(items: Sequence, rank: int, world_size: int) -> list:
+    """Process `rank`'s share of `items`: every `world_size`-th item from position `rank`. Shares differ by at most
+    one item and mix short and long texts, so the processes' work is balanced.
+
+    >>> shard(["t0", "t1", "t2", "t3", "t4"], rank=1, world_size=2)
+    ['t1', 't3']
+    """
+    return list(items[rank::world_size])
+
+
+def unshard(shares: Sequence[Sequence], num_items: int) -> list:
+    """Inverse of [`shard`]: the `num_items` items, in order, from every process's share (`shares[rank]`).
+
+    >>> unshard([["t0", "t2", "t4"], ["t1", "t3"]], 5)
+    ['t0', 't1', 't2', 't3', 't4']
+    """
+    world_size = len(shares)
+    return [shares[i % world_size][i // world_size] for i in range(num_items)]
+
+
+def padding_for_equal_forwards(share: int, largest_share: int, batch_size: int) -> int:
+    """How many padding texts a share of `share` texts needs to take as many forward passes (at least one) as the
+    largest share, `ceil(largest_share / batch_size)`. ZeRO-3 needs it: every process must take part in every
+    parameter gather.
+
+    >>> padding_for_equal_forwards(share=4, largest_share=5, batch_size=2), padding_for_equal_forwards(0, 1, 2)
+    (1, 1)
+    """
+    forwards = max(1, -(-largest_share // batch_size))
+    return max(0, (forwards - 1) * batch_size + 1 - share)
+
+
+class _Processes:
+    """The processes that fill one store together: this one's `rank` among `world_size`, the collective the store
+    needs, and whether this process writes the disk cache. This base class is a single process."""
+
+    rank, world_size = 0, 1
+
+    @property
+    def writes_cache(self) -> bool:
+        return True
+
+    def all_gather(self, obj) -> list:
+        """Every process's `obj`, by rank."""
+        return [obj]
+
+    def barrier(self) -> None:
+        self.all_gather(None)
+
+
+class _TorchProcesses(_Processes):
+    """The processes of the `torch.distributed` default group (any backend: objects travel as bytes)."""
+
+    def __init__(self):
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    @property
+    def writes_cache(self) -> bool:
+        # One writer per machine: the cache folder may be local to each machine of a multi-node run.
+        return int(os.environ.get("LOCAL_RANK", self.rank)) == 0
+
+    def all_gather(self, obj) -> list:
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+
+def _processes(distributed: bool) -> _Processes:
+    """The processes a store shares its work with: all those of the run if `distributed`, else this one alone."""
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            return _TorchProcesses()
+    return _Processes()
+
+
+# -------------------------------------------------------------------------------------------------------- the store
 class ContextEmbeddingStore:
     """A table of distinct embeddings, indexed by a hash of their text (or of the vector for precomputed columns).
 
-    A text is embedded the first time it is seen and never again; datasets refer to rows of the table by index. With
-    `cache_dir`, text embeddings also persist across runs in `<cache_dir>/<hash of the embedder>.safetensors`.
+    A text is embedded the first time it is seen and never again; datasets refer to rows of the table by index.
+
+    Args:
+        embedder ([`TextEmbedder`], *optional*): embeds texts (`None`: only precomputed vectors are added).
+        cache_dir (`str`, *optional*): text embeddings also persist across runs in
+            `<cache_dir>/embeddings-<hash of the embedder's fingerprint>-<part>.safetensors`, keyed by a hash of the
+            fingerprint and the text: a re-run or resumed job embeds nothing it (or an interrupted run) embedded.
+        distributed (`bool`, *optional*, defaults to `False`): in a `torch.distributed` run, share the work across
+            the processes: every process must then call `add_texts` with the same texts in the same order (as when
+            each builds the same dataset), and gets the same table. The texts missing from any process's store and
+            cache are split between the processes ([`shard`]), embedded once and gathered, chunk by chunk; one
+            process per machine writes the cache. With a ZeRO-3 partitioned embedder every process runs the same
+            number of forward passes (short shares are padded). Leave it off where processes embed different texts
+            (a reward function scoring each process's own completions): it would hang.
+
+    >>> store = ContextEmbeddingStore()
+    >>> store.add_vectors(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    [0, 1, 0]
     """
 
-    def __init__(self, embedder: TextEmbedder | None = None, cache_dir: str | None = None):
+    def __init__(self, embedder: TextEmbedder | None = None, cache_dir: str | None = None, *, distributed=False):
         self.embedder = embedder
         self.cache_dir = cache_dir
+        self.distributed = distributed
         self._rows: list[torch.Tensor] = []
         self._index: dict[bytes, int] = {}
         self._table: torch.Tensor | None = None
@@ -186,36 +316,6 @@ class ContextEmbeddingStore:
             indices.append(self._index[key] if key in self._index else self._append(key, vector))
         return indices
 
-    def _cache_path(self) -> str | None:
-        if self.cache_dir is None:
-            return None
-        digest = hashlib.sha1(self.embedder.fingerprint.encode()).hexdigest()[:16]
-        return os.path.join(self.cache_dir, f"embeddings-{digest}.safetensors")
-
-    def _load_disk(self) -> dict[bytes, torch.Tensor]:
-        if self._disk is None:
-            self._disk = {}
-            path = self._cache_path()
-            if path and os.path.exists(path):
-                tensors = load_file(path)
-                for key, vector in zip(tensors["keys"], tensors["embeddings"], strict=True):
-                    self._disk[bytes(key.tolist())] = vector
-        return self._disk
-
-    def _save_disk(self) -> None:
-        path = self._cache_path()
-        if path is None:
-            return
-        os.makedirs(self.cache_dir, exist_ok=True)
-        keys = list(self._disk)
-        save_file(
-            {
-                "keys": torch.tensor([list(k) for k in keys], dtype=torch.uint8),
-                "embeddings": torch.stack([self._disk[k] for k in keys]).contiguous(),
-            },
-            path,
-        )
-
     def add_texts(self, texts: Sequence[str]) -> list[int]:
         """Embed the texts not seen before (once each) and return the row index of every text."""
         if self.embedder is None:
@@ -223,18 +323,110 @@ class ContextEmbeddingStore:
         prefix = self.embedder.fingerprint.encode()
         keys = [hashlib.sha1(prefix + t.encode()).digest() for t in texts]
         disk = self._load_disk()
-        missing = {}
-        for key, text in zip(keys, texts, strict=True):
-            if key not in self._index and key not in disk:
-                missing.setdefault(key, text)
+        processes = _processes(self.distributed)
+        missing = self._missing(dict(zip(keys, texts, strict=True)), processes)
         if missing:
-            logger.info("Embedding %d distinct texts with %s", len(missing), self.embedder.name)
-            vectors = self.embedder.embed(list(missing.values()))
-            if not torch.isfinite(vectors).all():
-                raise ValueError(f"The embedder {self.embedder.name!r} produced NaN or infinite embeddings.")
-            disk.update(zip(missing, vectors, strict=True))
-            self._save_disk()
+            self._embed_missing(missing, processes)
         return [self._index[k] if k in self._index else self._append(k, disk[k]) for k in keys]
+
+    def _missing(self, distinct: dict[bytes, str], processes: _Processes) -> dict[bytes, str]:
+        """The distinct texts (first-seen order) in neither the store nor the disk cache of this process or, in a
+        distributed run, of any process (a cache on each machine may hold different texts): the same on all."""
+        here = np.array([key not in self._index and key not in self._disk for key in distinct], dtype=bool)
+        if processes.world_size > 1:
+            digest = hashlib.sha1(b"".join(distinct)).hexdigest()
+            views = processes.all_gather((len(self), digest, np.packbits(here).tobytes()))
+            if len({view[:2] for view in views}) > 1:
+                raise RuntimeError(
+                    "A distributed ContextEmbeddingStore needs every process to add the same texts in the same order, "
+                    f"to a store filled alike; the processes' (store size, texts hash) differ: {[v[:2] for v in views]}. "
+                    "Build the datasets identically on every process, or use `distributed=False`."
+                )
+            masks = [np.unpackbits(np.frombuffer(view[2], dtype=np.uint8), count=len(here)) for view in views]
+            here = np.bitwise_or.reduce(masks).astype(bool)
+        return {key: text for (key, text), embed in zip(distinct.items(), here, strict=True) if embed}
+
+    def _embed_missing(self, missing: dict[bytes, str], processes: _Processes) -> None:
+        """Embed `missing` chunk by chunk (each process its share), add the vectors to the disk cache (where they
+        replace any older copy, so every process holds the same) and write it as they come."""
+        keys, texts = list(missing), list(missing.values())
+        # Shortest first, as one `embed` call orders them (stable): the chunks then hold exactly the batches that one
+        # call over all the texts would, so chunking changes no embedding by a bit. The store's row order follows the
+        # callers' texts, not this one.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        keys, texts = [keys[i] for i in order], [texts[i] for i in order]
+        batch_size = getattr(self.embedder, "batch_size", 32)
+        chunk = CHUNK_BATCHES * batch_size * processes.world_size
+        if processes.rank == 0:
+            name, world_size = self.embedder.name, processes.world_size
+            logger.info("Embedding %d distinct texts with %s on %d process(es)", len(texts), name, world_size)
+        quiet = processes.rank != 0 or len(texts) < PROGRESS_MIN_BATCHES * batch_size
+        progress = tqdm(total=len(texts), desc="Embedding texts", unit="text", disable=quiet)
+        pending: list[bytes] = []
+        try:
+            with progress, _store_progress(self.embedder):
+                for start in range(0, len(texts), chunk):
+                    vectors = self._embed_chunk(texts[start : start + chunk], processes, batch_size)
+                    self._disk.update(zip(keys[start : start + chunk], vectors, strict=True))
+                    pending += keys[start : start + chunk]
+                    if len(pending) * vectors.shape[-1] * vectors.element_size() >= FLUSH_BYTES:
+                        pending = self._write_cache(pending, processes)
+                    progress.update(len(vectors))
+        finally:  # what was embedded survives an interrupted run
+            self._write_cache(pending, processes)
+        if self.cache_dir is not None:
+            processes.barrier()  # a store built next, on any process, finds the cache complete
+
+    def _embed_chunk(self, texts: list[str], processes: _Processes, batch_size: int) -> torch.Tensor:
+        """`(N, D)` embeddings of `texts`, this process embedding its [`shard`], then gathered from all."""
+        share = shard(texts, processes.rank, processes.world_size)
+        batch = list(share)
+        if processes.world_size > 1 and _partitioned(self.embedder):
+            # ZeRO-3: `embed` gathers the parameters (collective), as does every forward once DeepSpeed's hooks are on
+            # the model (`evaluate` with a new dataset): every process runs as many forward passes.
+            largest = len(shard(texts, 0, processes.world_size))
+            batch += texts[:1] * padding_for_equal_forwards(len(share), largest, batch_size)
+        vectors = self.embedder.embed(batch)[: len(share)] if batch else None
+        vectors = torch.stack(unshard(processes.all_gather(vectors), len(texts)))
+        if not torch.isfinite(vectors).all():
+            raise ValueError(f"The embedder {self.embedder.name!r} produced NaN or infinite embeddings.")
+        return vectors
+
+    # ------------------------------------------------------------------------------------------------- disk cache
+    def _cache_prefix(self) -> str | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha1(self.embedder.fingerprint.encode()).hexdigest()[:16]
+        return os.path.join(self.cache_dir, f"embeddings-{digest}")
+
+    def _load_disk(self) -> dict[bytes, torch.Tensor]:
+        """This embedder's cached vectors by key: every part file, in name order."""
+        if self._disk is None:
+            self._disk = {}
+            prefix = self._cache_prefix()
+            for path in sorted(glob.glob(glob.escape(prefix) + "*.safetensors")) if prefix else []:
+                tensors = load_file(path)
+                for key, vector in zip(tensors["keys"].numpy(), tensors["embeddings"], strict=True):
+                    self._disk[key.tobytes()] = vector
+        return self._disk
+
+    def _write_cache(self, keys: list[bytes], processes: _Processes) -> list[bytes]:
+        """Write the cached vectors of `keys` as one more part file, named by a hash of its keys, atomically (a reader
+        sees a part whole or not at all); returns what is left to write (nothing)."""
+        prefix = self._cache_prefix()
+        if prefix is None or not keys or not processes.writes_cache:
+            return []
+        os.makedirs(self.cache_dir, exist_ok=True)
+        path = f"{prefix}-{hashlib.sha1(b''.join(keys)).hexdigest()[:16]}.safetensors"
+        key_bytes = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), -1)
+        tensors = {
+            "keys": torch.from_numpy(key_bytes.copy()),
+            "embeddings": torch.stack([self._disk[k] for k in keys]).contiguous(),
+        }
+        temporary = f"{path}.{os.getpid()}.tmp"
+        save_file(tensors, temporary, metadata={"fingerprint": self.embedder.fingerprint})
+        os.replace(temporary, path)
+        return []
 
 
 def make_embedder(

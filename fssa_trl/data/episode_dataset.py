@@ -12,11 +12,14 @@ redrawn every epoch ([`RedrawnEpisodes`] with its [`RedrawnEpisodeSampler`]).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
@@ -24,14 +27,15 @@ from torch.utils.data import Sampler
 from .embeddings import ContextEmbeddingStore, pair_text
 from .episodes import (
     Episode,
-    build_eval_episodes,
-    build_train_episodes,
+    EpisodeArrays,
+    UserRows,
+    draw_eval_episodes,
+    draw_train_episodes,
     epoch_seed,
-    group_rows_by_user,
+    heldout_mask,
     log_skipped,
-    split_heldout_rows,
 )
-from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS
+from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS, arrow_column, embedding_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,18 @@ EPISODE_COLUMNS = (
 )
 
 
+def _is_text(dataset: Dataset, column: str) -> bool:
+    kind = dataset.data.schema.field(column).type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def add_text_keys(dataset: Dataset, tokenizer=None) -> Dataset:
     """Keep the raw (prompt, response) texts to embed, before TRL's preparation appends EOS to them."""
     if "chosen" not in dataset.column_names or TEXT_KEY_COLUMNS[0] in dataset.column_names:
         return dataset
+    columns = [c for c in ("prompt", "chosen", "rejected") if c in dataset.column_names]
+    if all(_is_text(dataset, c) for c in columns):  # plain strings: `pair_text` is `(prompt or "") + response`
+        return _concatenated_text_keys(dataset)
 
     def keys(example):
         prompt = example.get("prompt")
@@ -59,14 +71,42 @@ def add_text_keys(dataset: Dataset, tokenizer=None) -> Dataset:
     return dataset.map(keys, desc="Keeping context texts")
 
 
-def embedding_indices(dataset: Dataset, store: ContextEmbeddingStore, dataset_name: str) -> tuple[list, list]:
-    """Row indices into the store of every pair's chosen and rejected embedding: the precomputed columns when the
-    store has no embedder, else the texts kept by [`add_text_keys`] (each embedded once)."""
+def _concatenated_text_keys(dataset: Dataset) -> Dataset:
+    """[`add_text_keys`] of plain-string columns, concatenated in Arrow batch by batch."""
+
+    def keys(batch: pa.Table) -> pa.Table:  # the whole batch: `map` takes a returned Arrow table as the new rows
+        prompt = pc.fill_null(batch["prompt"], "") if "prompt" in batch.column_names else None
+        for key, column in zip(TEXT_KEY_COLUMNS, ("chosen", "rejected"), strict=True):
+            text = batch[column] if prompt is None else pc.binary_join_element_wise(prompt, batch[column], "")
+            batch = batch.append_column(key, text)
+        return batch
+
+    view = dataset.format
+    keyed = dataset.with_format("arrow").map(keys, batched=True, desc="Keeping context texts")
+    columns = None if view["columns"] is None else [*view["columns"], *TEXT_KEY_COLUMNS]  # as `map` extends them
+    return keyed.with_format(view["type"], columns, view["output_all_columns"], **view["format_kwargs"])
+
+
+def _text_indices(store: ContextEmbeddingStore, texts: pa.ChunkedArray) -> np.ndarray:
+    """Store row of every text: the distinct texts, in order of first appearance, go to the store (which embeds
+    those it has not seen), then every row takes its text's index."""
+    distinct = pc.unique(texts)
+    codes = pc.index_in(texts, value_set=distinct).combine_chunks().to_numpy(zero_copy_only=False)
+    return np.asarray(store.add_texts(distinct.to_pylist()), dtype=np.int64)[codes]
+
+
+def embedding_indices(
+    dataset: Dataset, store: ContextEmbeddingStore, dataset_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(N,)` int64 row indices into the store of every pair's chosen and rejected embedding: the precomputed columns
+    when the store has no embedder, else the texts kept by [`add_text_keys`] (each embedded once)."""
     if store.embedder is not None:
-        return store.add_texts(dataset[TEXT_KEY_COLUMNS[0]]), store.add_texts(dataset[TEXT_KEY_COLUMNS[1]])
-    chosen = torch.tensor(dataset[EMBEDDING_COLUMNS[0]], dtype=torch.float32)
-    rejected = torch.tensor(dataset[EMBEDDING_COLUMNS[1]], dtype=torch.float32)
-    if chosen.dim() != 2 or chosen.shape != rejected.shape:
+        return _text_indices(store, arrow_column(dataset, TEXT_KEY_COLUMNS[0])), _text_indices(
+            store, arrow_column(dataset, TEXT_KEY_COLUMNS[1])
+        )
+    chosen = embedding_matrix(dataset, EMBEDDING_COLUMNS[0], dataset_name)
+    rejected = embedding_matrix(dataset, EMBEDDING_COLUMNS[1], dataset_name)
+    if chosen.shape != rejected.shape:
         raise ValueError(
             f"'chosen_embedding' and 'rejected_embedding' of the {dataset_name} dataset must be float lists of one "
             f"length, got shapes {tuple(chosen.shape)} and {tuple(rejected.shape)}."
@@ -76,7 +116,10 @@ def embedding_indices(dataset: Dataset, store: ContextEmbeddingStore, dataset_na
             f"Embedding dimension mismatch: the {dataset_name} dataset's embeddings have dimension {chosen.shape[-1]} "
             f"but earlier embeddings (and the latent encoder) use {store.dim}. Use one embedding model for all datasets."
         )
-    return store.add_vectors(chosen), store.add_vectors(rejected)
+    return (
+        np.asarray(store.add_vectors(torch.from_numpy(chosen)), dtype=np.int64),
+        np.asarray(store.add_vectors(torch.from_numpy(rejected)), dtype=np.int64),
+    )
 
 
 def split_heldout(
@@ -90,10 +133,9 @@ def split_heldout(
 ) -> tuple[Dataset, Dataset | None]:
     """The pairs of `dataset` kept for training and the held-out pairs (`None` when no user has enough pairs), split
     per user by [`split_heldout_rows`]; both keep the dataset's row order and columns."""
-    kept, heldout = split_heldout_rows(
-        group_rows_by_user(dataset[user_column]), fraction, min_pairs, max_pairs, min_left, seed
-    )
-    if not heldout:
+    groups = UserRows.from_column(arrow_column(dataset, user_column))
+    held, holds = heldout_mask(groups, fraction, min_pairs, max_pairs, min_left, seed)
+    if not holds.any():
         logger.warning(
             "No user has enough preference pairs for a held-out split (%d held out plus %d left for training): "
             "training without held-out evaluation. Pass an `eval_dataset`, or set `heldout_fraction=0` to silence this.",
@@ -101,9 +143,9 @@ def split_heldout(
             min_left,
         )
         return dataset, None
-    held = sorted(row for rows in heldout.values() for row in rows)
-    logger.info("Held out %d pairs of %d of %d users for evaluation", len(held), len(heldout), len(kept))
-    return dataset.select(sorted(row for rows in kept.values() for row in rows)), dataset.select(held)
+    heldout_rows = np.sort(groups.rows[held])
+    logger.info("Held out %d pairs of %d of %d users for evaluation", len(heldout_rows), holds.sum(), len(groups))
+    return dataset.select(np.sort(groups.rows[~held])), dataset.select(heldout_rows)
 
 
 def episode_row(episode: Episode, targets: Mapping[str, list], chosen_index, rejected_index) -> dict[str, Any]:
@@ -119,6 +161,40 @@ def episode_row(episode: Episode, targets: Mapping[str, list], chosen_index, rej
         "context_chosen_embedding_index": [int(chosen_index[i]) for i in episode.context_rows],
         "context_rejected_embedding_index": [int(rejected_index[i]) for i in episode.context_rows],
     }
+
+
+def _lists(offsets: np.ndarray, values: pa.Array) -> pa.Array:
+    """A list array: list i holds `values[offsets[i]:offsets[i + 1]]`."""
+    if offsets[-1] < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
+def episodes_as_dataset(
+    episodes: EpisodeArrays, columns: Mapping[str, pa.ChunkedArray], chosen_index, rejected_index, source: str = ""
+) -> Dataset:
+    """The episodes as a `datasets.Dataset`, one row per episode as [`episode_row`] gives it: built in Arrow, the
+    token `columns` (of the pairs, in dataset order) taken at the target rows. `source` enters the fingerprint."""
+    chosen_index, rejected_index = np.asarray(chosen_index), np.asarray(rejected_index)
+    targets = pa.array(episodes.targets)
+    table = {"user": pa.array(episodes.users, pa.string()).take(pa.array(episodes.user))}
+    for name, column in columns.items():
+        table[name] = _lists(episodes.target_offsets, column.take(targets).combine_chunks())
+    table["target_in_context"] = _lists(episodes.target_offsets, pa.array(episodes.target_in_context))
+    for name, index, rows, offsets in (
+        ("chosen_embedding_index", chosen_index, episodes.targets, episodes.target_offsets),
+        ("rejected_embedding_index", rejected_index, episodes.targets, episodes.target_offsets),
+        ("context_chosen_embedding_index", chosen_index, episodes.contexts, episodes.context_offsets),
+        ("context_rejected_embedding_index", rejected_index, episodes.contexts, episodes.context_offsets),
+    ):
+        table[name] = _lists(offsets, pa.array(index[rows].astype(np.int64, copy=False)))
+    # Our own fingerprint: `datasets` would otherwise hash the whole table.
+    digest = hashlib.sha256(source.encode())
+    arrays = (episodes.targets, episodes.target_offsets, episodes.contexts, episodes.context_offsets)
+    for array in (*arrays, chosen_index, rejected_index):
+        digest.update(memoryview(np.ascontiguousarray(array)))
+    digest.update(repr(sorted(columns)).encode())
+    return Dataset(pa.table(table), fingerprint=digest.hexdigest()[:16])
 
 
 def build_episode_dataset(
@@ -144,33 +220,29 @@ def build_episode_dataset(
 
     With `redraw` (training only), the training episodes are a [`RedrawnEpisodes`], drawn anew every epoch; its epoch 0
     holds the rows returned without `redraw`."""
-    rows_by_user = group_rows_by_user(dataset[user_column])
+    groups = UserRows.from_column(arrow_column(dataset, user_column))
     if training:
         draw = functools.partial(
-            build_train_episodes, rows_by_user, num_targets, min_context, max_context, too_few_pairs, episode_passes
+            draw_train_episodes, groups, num_targets, min_context, max_context, too_few_pairs, episode_passes
         )
         episodes, skipped = draw(seed=seed)
     else:
-        episodes, skipped = build_eval_episodes(rows_by_user, eval_context_sizes, num_targets, too_few_pairs, seed)
-    log_skipped(skipped, rows_by_user, dataset_name)
-    if not episodes:
+        episodes, skipped = draw_eval_episodes(groups, eval_context_sizes, num_targets, too_few_pairs, seed)
+    log_skipped(skipped, groups, dataset_name)
+    if not len(episodes):
         raise ValueError(
             f"No user of the {dataset_name} dataset has enough preference pairs for one episode (num_targets="
             f"{num_targets}, max_context={max_context}, eval_context_sizes={list(eval_context_sizes)}). Lower these, or "
             "set `too_few_pairs='replace'`."
         )
     chosen_index, rejected_index = embedding_indices(dataset, store, dataset_name)
-    logger.info("Built %d %s episodes from %d users", len(episodes), dataset_name, len(rows_by_user) - len(skipped))
+    logger.info("Built %d %s episodes from %d users", len(episodes), dataset_name, len(groups) - len(skipped))
+    carried = [c for c in token_columns if c in dataset.column_names]
     if training and redraw:
-        pairs = dataset.select_columns([c for c in token_columns if c in dataset.column_names])
-        return RedrawnEpisodes(pairs, chosen_index, rejected_index, draw, seed, episodes)
-    columns = {c: dataset[c] for c in token_columns if c in dataset.column_names}
-    rows: dict[str, list[Any]] = {c: [] for c in ["user", *columns, *EPISODE_COLUMNS]}
-    for episode in episodes:
-        targets = {column: [values[i] for i in episode.target_rows] for column, values in columns.items()}
-        for column, value in episode_row(episode, targets, chosen_index, rejected_index).items():
-            rows[column].append(value)
-    return Dataset.from_dict(rows)
+        return RedrawnEpisodes(dataset.select_columns(carried), chosen_index, rejected_index, draw, seed, episodes)
+    columns = {c: arrow_column(dataset, c) for c in carried}
+    source = f"{getattr(dataset, '_fingerprint', '')}/{dataset_name}/{seed}"
+    return episodes_as_dataset(episodes, columns, chosen_index, rejected_index, source)
 
 
 class RedrawnEpisodes(torch.utils.data.Dataset):
@@ -182,15 +254,16 @@ class RedrawnEpisodes(torch.utils.data.Dataset):
     Index `e * len(self) + i` is episode i of epoch e (rows as [`build_episode_dataset`]'s): the epoch travels with the
     index, which [`RedrawnEpisodeSampler`] yields, so the dataset keeps no epoch state that the DataLoader (or its
     worker processes) would have to be told about. An epoch's episodes are drawn when first indexed and only the latest
-    epoch's are kept; pairs stay in `pairs` (Arrow), the token columns of an episode's targets are read per episode.
+    epoch's are kept (as arrays); pairs stay in `pairs` (Arrow), the token columns of an episode's targets are read per
+    episode.
 
     Args:
         pairs (`datasets.Dataset`): the training pairs' token columns to carry per target (possibly none).
-        chosen_index, rejected_index (`list[int]`): store index of each pair's chosen and rejected embedding.
-        draw (`Callable[..., tuple[list[Episode], list[str]]]`): [`build_train_episodes`] with every argument but
+        chosen_index, rejected_index (`np.ndarray`): store index of each pair's chosen and rejected embedding.
+        draw (`Callable[..., tuple[EpisodeArrays, list[str]]]`): [`draw_train_episodes`] with every argument but
             `seed` bound.
         seed (`int`): the run's seed.
-        first_epoch (`list[Episode]`, *optional*): epoch 0's episodes, if already drawn.
+        first_epoch ([`EpisodeArrays`], *optional*): epoch 0's episodes, if already drawn.
     """
 
     def __init__(self, pairs: Dataset, chosen_index, rejected_index, draw, seed: int, first_epoch=None):
@@ -198,31 +271,37 @@ class RedrawnEpisodes(torch.utils.data.Dataset):
         self.chosen_index = np.asarray(chosen_index, dtype=np.int64)
         self.rejected_index = np.asarray(rejected_index, dtype=np.int64)
         self._draw, self.seed = draw, seed
-        self._epoch, self._episodes = 0, first_epoch if first_epoch is not None else draw(seed=seed)[0]
-        self.num_episodes = len(self._episodes)
+        self._epoch, self._arrays = 0, first_epoch if first_epoch is not None else draw(seed=seed)[0]
+        self.num_episodes = len(self._arrays)
 
     def __len__(self) -> int:
         return self.num_episodes
 
+    def arrays(self, epoch: int) -> EpisodeArrays:
+        """The episodes of `epoch`, drawn from `epoch_seed(seed, epoch)`, as arrays."""
+        if epoch != self._epoch:
+            drawn = self._draw(seed=epoch_seed(self.seed, epoch))[0]
+            if len(drawn) != self.num_episodes:  # the count depends on the users' pair counts only
+                raise RuntimeError(f"Epoch {epoch} drew {len(drawn)} episodes, epoch 0 {self.num_episodes}.")
+            self._epoch, self._arrays = epoch, drawn
+        return self._arrays
+
     def episodes(self, epoch: int) -> list[Episode]:
         """The episodes of `epoch`, drawn from `epoch_seed(seed, epoch)`."""
-        if epoch != self._epoch:
-            episodes = self._draw(seed=epoch_seed(self.seed, epoch))[0]
-            if len(episodes) != self.num_episodes:  # the count depends on the users' pair counts only
-                raise RuntimeError(f"Epoch {epoch} drew {len(episodes)} episodes, epoch 0 {self.num_episodes}.")
-            self._epoch, self._episodes = epoch, episodes
-        return self._episodes
+        return self.arrays(epoch).to_episodes()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         epoch, position = divmod(int(index), self.num_episodes)
-        episode = self.episodes(epoch)[position]
+        episode = self.arrays(epoch).episode(position)
         targets = self.pairs[episode.target_rows] if self.pairs.column_names else {}
         return episode_row(episode, targets, self.chosen_index, self.rejected_index)
 
     def dataset(self, epoch: int) -> Dataset:
         """The episodes of `epoch` as a `datasets.Dataset` (for inspection; training indexes this object)."""
-        offset = epoch * self.num_episodes
-        return Dataset.from_list([self[offset + i] for i in range(self.num_episodes)])
+        columns = {c: arrow_column(self.pairs, c) for c in self.pairs.column_names}
+        return episodes_as_dataset(
+            self.arrays(epoch), columns, self.chosen_index, self.rejected_index, f"epoch {epoch}"
+        )
 
     def sampler(self, seed: int, shuffle: bool = True) -> RedrawnEpisodeSampler:
         return RedrawnEpisodeSampler(self.num_episodes, seed, shuffle)

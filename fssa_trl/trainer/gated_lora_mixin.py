@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import torch
+from packaging.version import Version
 from peft import PeftModel
 from torch import nn
 
@@ -21,6 +23,12 @@ from ..modeling.hypernetwork import Modulation
 from ..modeling.np_modules import EpisodeLatents, NPModules, encode_episodes
 from ..modeling.reward_head import preference_log_likelihood
 from .np_trainer_mixin import NPTrainerMixin
+
+# DeepSpeed ZeRO-3 broke non-reentrant activation checkpointing of models with frozen parameters (LoRA) until 0.19.3
+# (deepspeedai/DeepSpeed#8148): the recompute in backward re-partitioned frozen weights that torch's checkpoint still
+# held, and backward failed with `CheckpointError: ... saved {'shape': [32]} vs recomputed {'shape': [0]}`.
+MIN_DEEPSPEED_FOR_NON_REENTRANT = "0.19.3"
+ZERO3_CHECKPOINTING_DOCS = 'BENCHMARKS.md, section "ZeRO-3 with gradient checkpointing"'
 
 
 class GatedLoRATrainerMixin(NPTrainerMixin):
@@ -39,13 +47,16 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
     _np_gate_scope: contextlib.ExitStack | None = None
 
     # ------------------------------------------------------------------------------------------------ construction
-    @staticmethod
-    def _np_peft_config(peft_config, args=None, quantization_config=None):
+    @classmethod
+    def _np_peft_config(cls, peft_config, args=None, quantization_config=None):
         """The user's LoRA config, copied with the gated layer registered (`None` when the model is a PeftModel).
 
         Refuses a quantized base model before any weight is loaded: PEFT builds its own LoRA layers for bitsandbytes
-        layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated).
+        layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated). Checks the
+        gradient checkpointing TRL will set up for the PEFT model ([`_np_check_checkpointing`]).
         """
+        if args is not None:
+            cls._np_check_checkpointing(args)
         init_kwargs = getattr(args, "model_init_kwargs", None)
         if quantization_config is None and isinstance(init_kwargs, dict):
             quantization_config = init_kwargs.get("quantization_config")
@@ -66,13 +77,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             raise ValueError(
                 f"{type(self).__name__} modulates LoRA adapters: pass `peft_config=LoraConfig(...)` with the base model."
             )
-        checkpointing = (args.gradient_checkpointing_kwargs or {}) if args.gradient_checkpointing else {}
-        if checkpointing.get("use_reentrant"):
-            raise ValueError(
-                "Reentrant gradient checkpointing does not propagate gradients to the hypernetwork, whose gates enter "
-                "the checkpointed layers from outside. Set `gradient_checkpointing_kwargs={'use_reentrant': False}` "
-                "or `gradient_checkpointing=False` (TRL forces `use_reentrant=True` under DeepSpeed ZeRO-3 with PEFT)."
-            )
+        self._np_non_reentrant_checkpointing()
         modulator = LoRAModulator(self.model, "default", head_module=head)
         embedder = make_embedder(
             args.context_embedding,
@@ -82,7 +87,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             args.context_max_length,
             args.embedding_batch_size,
         )
-        store = ContextEmbeddingStore(embedder, cache_dir=args.embedding_cache_dir)
+        store = ContextEmbeddingStore(embedder, cache_dir=args.embedding_cache_dir, distributed=True)
         hypernetwork = HypernetworkConfig(
             latent_dim=args.latent_dim,
             num_layers=modulator.num_layers,
@@ -114,6 +119,73 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
         self._modulator, self._store = modulator, store
         self._np_zero3_leaf_modules()
         self._np_episode_datasets()
+
+    # ----------------------------------------------------------------------------------- gradient checkpointing
+    # The gates enter the checkpointed decoder layers from outside the checkpointed function's inputs. Non-reentrant
+    # checkpointing (torch's saved-tensor hooks) differentiates through them into the hypernetwork; reentrant
+    # checkpointing recomputes with its own `autograd.backward` over the function's inputs only, so the hypernetwork
+    # would get no gradient from the layers. TRL forces reentrant checkpointing for PEFT under ZeRO-3 (trl#6356, a
+    # workaround for the DeepSpeed bug fixed in 0.19.3), which these two methods undo. Remove them once TRL forces it
+    # only for DeepSpeed < 0.19.3 (the TRL comment: "Can be removed once [the DeepSpeed fix] is merged and released").
+    @staticmethod
+    def _np_zero3_checkpointing(args) -> bool:
+        """Whether TRL forces `use_reentrant=True` on this run: gradient checkpointing of a PEFT model (always, here)
+        under DeepSpeed ZeRO-3, TRL's own condition."""
+        plugin = getattr(args, "deepspeed_plugin", None)
+        return bool(args.gradient_checkpointing) and plugin is not None and plugin.zero_stage == 3
+
+    @classmethod
+    def _np_check_checkpointing(cls, args) -> None:
+        """Before TRL's `__init__`: refuse reentrant checkpointing, and under ZeRO-3 a DeepSpeed that cannot run the
+        non-reentrant one; there, drop `use_reentrant=False` from the kwargs TRL reads, so that TRL does not warn that
+        it forces `True` ([`_np_non_reentrant_checkpointing`] sets `False` again after TRL's `__init__`)."""
+        if not args.gradient_checkpointing:
+            return
+        kwargs = args.gradient_checkpointing_kwargs or {}
+        if kwargs.get("use_reentrant"):
+            raise ValueError(
+                "Reentrant gradient checkpointing does not propagate gradients to the hypernetwork, whose gates enter "
+                "the checkpointed layers from outside. Set `gradient_checkpointing_kwargs={'use_reentrant': False}` "
+                "(or leave `use_reentrant` unset) or `gradient_checkpointing=False`."
+            )
+        if not cls._np_zero3_checkpointing(args):
+            return
+        deepspeed_version = version("deepspeed")
+        if Version(deepspeed_version) < Version(MIN_DEEPSPEED_FOR_NON_REENTRANT):
+            minimum = MIN_DEEPSPEED_FOR_NON_REENTRANT
+            raise ValueError(
+                f"Gradient checkpointing under DeepSpeed ZeRO-3 with LoRA needs deepspeed>={minimum} (found "
+                f"{deepspeed_version}): the hypernetwork's gates need non-reentrant checkpointing, which older "
+                "DeepSpeed breaks for frozen weights (`CheckpointError: Recomputed values ... have different "
+                f"metadata`, deepspeedai/DeepSpeed#8148). Run `pip install 'deepspeed>={minimum}'`, or set "
+                "`gradient_checkpointing=False`, which keeps every layer's activations for backward: see the "
+                f"reproduction and the memory it costs in {ZERO3_CHECKPOINTING_DOCS}."
+            )
+        kwargs.pop("use_reentrant", None)
+
+    def _np_non_reentrant_checkpointing(self) -> None:
+        """After TRL's `__init__` (which enabled checkpointing on the model): under ZeRO-3, set back the
+        `use_reentrant=False` that TRL forced to `True`, in the arguments and on the model."""
+        args = self.args
+        if self._np_zero3_checkpointing(args):
+            # TRL writes `gradient_checkpointing_kwargs`, `Trainer` reads `activation_checkpointing_kwargs` (new name).
+            # Both hold one dict, unless the user gave none: then TRL's new dict is only under the old name.
+            kwargs = {**(args.activation_checkpointing_kwargs or {}), **(args.gradient_checkpointing_kwargs or {})}
+            kwargs["use_reentrant"] = False
+            args.activation_checkpointing_kwargs = args.gradient_checkpointing_kwargs = kwargs
+            # As `Trainer.__init__` enables it (every other key goes to `torch.utils.checkpoint.checkpoint`).
+            checkpoint_kwargs = dict(kwargs)
+            every_n_layers = checkpoint_kwargs.pop("every_n_layers", 1)
+            offload = checkpoint_kwargs.pop("offload", False)
+            self.model.activation_checkpointing_enable(
+                checkpoint_kwargs, every_n_layers=every_n_layers, offload=offload
+            )
+        if args.gradient_checkpointing and (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            raise ValueError(  # refused before TRL's __init__ unless TRL set it: a TRL that forces it elsewhere
+                "Gradient checkpointing was set up reentrant (`use_reentrant=True`, set by TRL for this configuration)"
+                ", which does not propagate gradients to the hypernetwork, whose gates enter the checkpointed layers "
+                "from outside. Set `gradient_checkpointing=False`."
+            )
 
     def _np_episode_datasets(self) -> None:
         """Turn the datasets TRL tokenized in `__init__` into episodes, and wrap TRL's collator."""
@@ -184,6 +256,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
                 "recompute in backward() reads them): call it inside `with trainer.np_step(): ...` (training_step and "
                 "prediction_step do)."
             )
+        batch = self._np_fsdp2_gather_root(batch)
         latents = encode_episodes(self.np_modules.encoder, batch, self.model.training)
         decoder = self.np_modules.decoder
         if decoder is not None:  # auxiliary NP-BTL: the targets' choices from their context embeddings and z
@@ -196,6 +269,27 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
         gates = torch.cat([modulation.gates, modulation.gates])
         self._np_gate_scope.enter_context(self._modulator.apply(Modulation(gates, heads)))
         return latents
+
+    def _np_fsdp2_gather_root(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Under FSDP2, gather the parameters of the root's shard group, which holds the NP modules, before they run,
+        and cast the batch's floating-point tensors to their dtype (FSDP2's `MixedPrecisionPolicy.param_dtype`, as FSDP
+        casts the inputs of `forward`); returns the batch.
+
+        FSDP2 gathers a shard group when its module's `forward` is called, and the NP modules run outside the model's
+        `forward` (on sharded weights: "aten.addmm got mixed torch.Tensor and DTensor"). Shard groups of their own do
+        not work either: the first group called becomes FSDP's root ("FSDP requires running forward through the root
+        module first"). The `model(...)` call that follows finds the group gathered; it is resharded after backward as
+        usual, and the NP modules' gradients are reduced with the rest of the root's.
+        """
+        if not self.is_fsdp_enabled:
+            return batch
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(self.model, FSDPModule):  # FSDP1, or not prepared yet
+            return batch
+        self.model.unshard()
+        dtype = next(self.np_modules.parameters()).dtype
+        return {key: value.to(dtype) if value.is_floating_point() else value for key, value in batch.items()}
 
     def _np_latent_losses(self, mode: str, latents: EpisodeLatents) -> torch.Tensor | int:
         """The terms the NP modules add to the trainer's loss, logged: the KL of a Gaussian latent (`kl`) and the
@@ -222,4 +316,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._np_load(resume_from_checkpoint)
+        # FSDP loaded its own checkpoint of the trainable weights (`pytorch_model_fsdp*`), the NP modules with them,
+        # into sharded parameters, which `fssa_np.safetensors` cannot be copied into.
+        if not self.is_fsdp_enabled:
+            self._np_load(resume_from_checkpoint)

@@ -88,7 +88,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
         precomputed = args.context_embedding == "precomputed"
         self._np_check_datasets(args, train_dataset, eval_dataset, text_required=not precomputed)
         embedder, processing_class = self._frozen_embedder(model, args, processing_class)
-        store = ContextEmbeddingStore(embedder, cache_dir=args.embedding_cache_dir)
+        store = ContextEmbeddingStore(embedder, cache_dir=args.embedding_cache_dir, distributed=True)
         dim = embedding_dim(embedder, train_dataset)
         fssa_config = EmbeddingRewardModelConfig(
             encoder=self._np_encoder_config(args, dim),

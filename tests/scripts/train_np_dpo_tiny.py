@@ -1,7 +1,10 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """Train a tiny LoRA NP-DPO policy with [`NPDPOTrainer`], offline, under any `accelerate launch` config.
 
-Used by `tests/test_distributed.py` with DeepSpeed ZeRO-3 on CPU:
+Used by `tests/test_distributed.py` with the CPU configs of `recipes/accelerate_configs/` (`multi_gpu_cpu.yaml`,
+`zero2_cpu.yaml`, `zero3_cpu.yaml`: DDP, ZeRO-2, ZeRO-3 on 2 processes), and with `fsdp2.yaml` and
+`zero3_offload.yaml` given `--num_processes 2 --mixed_precision no` (FSDP2 on CPU needs `--fsdp_on_cpu true`, see
+`tiny_launch.force_fsdp_on_cpu`):
 
 ```sh
 HF_HUB_OFFLINE=1 accelerate launch --config_file recipes/accelerate_configs/zero3_cpu.yaml \

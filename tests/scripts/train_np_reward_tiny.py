@@ -1,7 +1,10 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """Train a tiny LoRA NP-BTL reward model with [`NPRewardTrainer`], offline, under any `accelerate launch` config.
 
-Used by `tests/test_distributed.py` with DeepSpeed ZeRO-3 on CPU:
+Used by `tests/test_distributed.py` with the CPU configs of `recipes/accelerate_configs/` (`multi_gpu_cpu.yaml`,
+`zero2_cpu.yaml`, `zero3_cpu.yaml`: DDP, ZeRO-2, ZeRO-3 on 2 processes), and with `fsdp2.yaml` and
+`zero3_offload.yaml` given `--num_processes 2 --mixed_precision no` (FSDP2 on CPU needs `--fsdp_on_cpu true`, see
+`tiny_launch.force_fsdp_on_cpu`):
 
 ```sh
 HF_HUB_OFFLINE=1 accelerate launch --config_file recipes/accelerate_configs/zero3_cpu.yaml \
@@ -9,8 +12,8 @@ HF_HUB_OFFLINE=1 accelerate launch --config_file recipes/accelerate_configs/zero
 ```
 
 `--use_cpu true` is needed on a machine without GPU even though the config says `use_cpu: true`: accelerate's
-DeepSpeed launcher does not pass that key on, and without it every process believes it is the only one (two "main"
-processes writing one output folder) while DeepSpeed partitions over both.
+DeepSpeed and torchrun (MULTI_GPU, FSDP) launchers do not pass that key on, and without it every process believes it
+is the only one (two "main" processes writing one output folder), while DeepSpeed partitions over both.
 
 The tiny base model and its tokenizer are built in code and written to `<output_dir>/base` by the main process; the
 trainer then loads the base from that path, so the saved adapter records it as `base_model_name_or_path` and
