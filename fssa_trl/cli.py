@@ -52,6 +52,12 @@ def read_context(path: str, user: str | None = None, user_column: str = "user_id
         rows = [row for row in rows if str(row[user_column]) == user]
         if not rows:
             raise SystemExit(f"error: {path} has no row with {user_column} == {user!r}.")
+    if not rows:
+        # An empty context would silently export the population prior as if it were a user.
+        raise SystemExit(
+            f'error: {path} holds no context pairs: give the user\'s choices, one {{"prompt", "chosen", '
+            '"rejected"}} object per line (to export the population prior, call `model.export(dir)` in Python).'
+        )
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not {"chosen", "rejected"} <= set(row):
             raise SystemExit(

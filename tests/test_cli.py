@@ -170,3 +170,12 @@ def test_export_pushes_to_the_hub(saved, hub):
     )
     assert hub.files("org/user-b") == set(os.listdir(root / "user-b"))
     assert hub.named("create_repo")[0]["private"] is True
+
+
+def test_export_refuses_an_empty_context_file(saved, tmp_path):
+    root, _ = saved
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit, match="holds no context pairs"):
+        cli_main(["export", "--model", str(root / "model"), "--context", str(empty), "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
