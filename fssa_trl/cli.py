@@ -38,14 +38,22 @@ def load_model(name: str, revision: str | None = None, token: str | None = None,
 
 
 def read_context(path: str, user: str | None = None, user_column: str = "user_id") -> list[dict]:
-    """The context pairs in `path` (JSON Lines or a JSON list), optionally one user's rows of a shared file."""
+    """The context pairs in `path` (JSON Lines or a JSON list), optionally one user's rows of a shared file; the user
+    column is dropped, every other key kept for the model's own check (a misspelt key is an error there)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    rows.append(_json_line(line, number, path))
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {path} is not valid JSON: {error}") from error
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise SystemExit(f'error: {path} must hold one {{"prompt", "chosen", "rejected"}} object per line.')
     if user is not None:
         if rows and not all(user_column in row for row in rows):
             raise SystemExit(f"error: --user {user!r} given, but rows of {path} have no {user_column!r} field.")
@@ -58,12 +66,14 @@ def read_context(path: str, user: str | None = None, user_column: str = "user_id
             f'error: {path} holds no context pairs: give the user\'s choices, one {{"prompt", "chosen", '
             '"rejected"}} object per line (to export the population prior, call `model.export(dir)` in Python).'
         )
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not {"chosen", "rejected"} <= set(row):
-            raise SystemExit(
-                f"error: row {i} of {path} must be an object with 'chosen' and 'rejected' (and 'prompt')."
-            )
-    return [{k: row[k] for k in ("prompt", "chosen", "rejected") if k in row} for row in rows]
+    return [{key: value for key, value in row.items() if key != user_column} for row in rows]
+
+
+def _json_line(line: str, number: int, path: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: line {number} of {path} is not valid JSON: {error}") from error
 
 
 def load_preferences(name: str, split: str, config: str | None = None):
@@ -81,8 +91,15 @@ def load_preferences(name: str, split: str, config: str | None = None):
 
 
 def export_command(args: argparse.Namespace) -> None:
+    from .modeling.inputs import context_pairs
+
     model = load_model(args.model, args.revision, args.token, args.base_model)
     context = read_context(args.context, args.user, args.user_column)
+    try:  # the model's own check, with the file named: `context[i]` is the i-th row read (of --user's rows)
+        context_pairs(context, model.np_modules.encoder.embedding_dim)
+    except ValueError as error:
+        rows = f"the rows of user {args.user!r} in {args.context}" if args.user is not None else args.context
+        raise SystemExit(f"error: {rows}: {error}") from error
     model.export(args.output, context=context, merge=args.merge)
     print(f"Exported the user of {len(context)} context pairs to {args.output}")
     if args.push_to_hub:

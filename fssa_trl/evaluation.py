@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,11 @@ import datasets
 import evaluate
 import torch
 
-from .data.episodes import build_eval_episodes, group_rows_by_user, log_skipped
+from .data.episodes import TOO_FEW_PAIRS_POLICIES, build_eval_episodes, group_rows_by_user
+from .data.validation import arrow_column, check_preference_dataset
+from .modeling.inputs import check_batch_size
+
+logger = logging.getLogger(__name__)
 
 
 class FewShotAccuracy(evaluate.Metric):
@@ -41,11 +46,14 @@ class FewShotAccuracy(evaluate.Metric):
 class FewShotResults:
     """Accuracy on unseen pairs by user and context size: a table to print, save as JSON, and plot.
 
-    `records` holds one dict `{"user", "context_size", "accuracy", "num_pairs"}` per user and context size.
+    `records` holds one dict `{"user", "context_size", "accuracy", "num_pairs"}` per user and context size;
+    `skipped_users` one dict `{"user", "num_pairs", "reason"}` per user of the dataset left out of every context size
+    (too few pairs), so that a table over fewer users than the dataset has says so.
     """
 
     records: list[dict] = field(default_factory=list)
     name: str = "model"
+    skipped_users: list[dict] = field(default_factory=list)
 
     @property
     def users(self) -> list[str]:
@@ -64,7 +72,7 @@ class FewShotResults:
         return sum(r["accuracy"] * r["num_pairs"] for r in rows) / pairs
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "records": self.records}
+        return {"name": self.name, "records": self.records, "skipped_users": self.skipped_users}
 
     def to_json(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -83,7 +91,19 @@ class FewShotResults:
         for user in [*self.users, None]:
             label = "all users" if user is None else user
             lines.append(label.ljust(width) + "".join(f"{100 * self.accuracy(s, user):8.1f}" for s in sizes))
-        return "\n".join(lines)
+        return "\n".join(lines + _skipped_lines(self.skipped_users))
+
+
+def _skipped_lines(skipped: list[dict]) -> list[str]:
+    """`not evaluated: ...` lines, one per reason, naming up to five users each."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for entry in skipped:
+        by_reason[entry["reason"]].append(str(entry["user"]))
+    lines = []
+    for reason, users in by_reason.items():
+        shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+        lines.append(f"not evaluated: {len(users)} user{'s' if len(users) > 1 else ''} ({shown}): {reason}")
+    return lines
 
 
 def plot_few_shot(results: Sequence[FewShotResults], path: str, title: str | None = None) -> None:
@@ -148,6 +168,42 @@ def _target_rewards(model, dataset, episodes, batch_size: int) -> list[tuple[tor
     return [scores(e.target_rows, model.latent(context_of(e.context_rows))) for e in episodes]
 
 
+def _check_arguments(context_sizes, num_targets, too_few_pairs, batch_size, num_draws) -> list[int]:
+    """The distinct context sizes, in order; a `ValueError` names a bad argument."""
+    if too_few_pairs not in TOO_FEW_PAIRS_POLICIES:
+        raise ValueError(f"`too_few_pairs` must be one of {TOO_FEW_PAIRS_POLICIES}, got {too_few_pairs!r}.")
+    sizes = list(context_sizes)
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if not sizes or bad:
+        raise ValueError(f"`context_sizes` must be a non-empty list of ints >= 0, got {sizes!r}.")
+    for name, value in (("num_targets", num_targets), ("num_draws", num_draws)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+    check_batch_size(batch_size)
+    return list(dict.fromkeys(sizes))  # a size given twice would score the same pairs twice
+
+
+def _skipped_users(skipped: list[str], rows_by_user: dict, largest: int, too_few_pairs: str) -> list[dict]:
+    """`{"user", "num_pairs", "reason"}` of each skipped user, logged once per evaluation."""
+    if too_few_pairs == "replace":
+        reason = "a single pair: no unseen context pair besides the target, even with too_few_pairs='replace'"
+    else:
+        reason = (
+            f"at most {largest} pairs, fewer than the {largest + 1} that {largest} context pairs and an unseen target "
+            "need (too_few_pairs='skip'; 'replace' draws contexts with replacement)"
+        )
+    entries = [{"user": user, "num_pairs": len(rows_by_user[user]), "reason": reason} for user in skipped]
+    if entries:
+        logger.warning(
+            "Few-shot evaluation left out %d of %d users at every context size (kept in `FewShotResults.skipped_users`): "
+            "%s",
+            len(entries),
+            len(rows_by_user),
+            "; ".join(_skipped_lines(entries)),
+        )
+    return entries
+
+
 def evaluate_few_shot(
     model,
     dataset: datasets.Dataset,
@@ -166,16 +222,22 @@ def evaluate_few_shot(
     each chunk is scored under the latent inferred from C other pairs of the same user (never from the targets). So
     every pair is scored once per context size. Accuracy is computed with an `evaluate` metric ([`FewShotAccuracy`]).
 
+    The dataset is checked as the trainers check theirs (a missing column, an empty or `None` text, a NaN embedding
+    raise a `ValueError` naming the column and the row) before anything is scored.
+
     Args:
         model ([`SteerableRewardModel`], [`SteerablePolicy`] or an NP trainer): the model; a trainer is evaluated
             through `trainer.steerable_model()`. A [`ContextFreeRewardModel`] wrapping a plain reward model gives a
             baseline.
         dataset (`Dataset`): preference pairs (`prompt`, `chosen`, `rejected`, the user column); with precomputed
             embeddings, `chosen_embedding` and `rejected_embedding`.
-        context_sizes (`Sequence[int]`): context sizes to evaluate.
+        context_sizes (`Sequence[int]`): context sizes to evaluate; a size given twice is evaluated once.
         num_targets (`int`): targets per context draw.
         user_column (`str`): the user column.
-        too_few_pairs (`str`): users with fewer than `max(context_sizes) + 1` pairs: `"skip"`, `"replace"`, `"error"`.
+        too_few_pairs (`str`): users with at most `max(context_sizes)` pairs: `"skip"` leaves them out of every
+            context size (so that every size averages over the same users), `"replace"` draws their contexts with
+            replacement (a user with a single pair is still left out), `"error"` raises. Users left out are listed in
+            `FewShotResults.skipped_users` (and its JSON and table) and logged once.
         seed (`int`): seed of the context draws.
         batch_size (`int`): sequences per forward pass.
         name (`str`, *optional*): label of the results (in tables and plots).
@@ -187,18 +249,22 @@ def evaluate_few_shot(
     """
     if hasattr(model, "steerable_model"):
         model = model.steerable_model()
+    sizes = _check_arguments(context_sizes, num_targets, too_few_pairs, batch_size, num_draws)
     if user_column not in dataset.column_names:
         raise ValueError(f"The dataset has no user column {user_column!r}; set `user_column`.")
-    rows_by_user = group_rows_by_user(dataset[user_column])
-    if num_draws < 1:
-        raise ValueError(f"`num_draws` must be >= 1, got {num_draws}.")
+    check_preference_dataset(
+        dataset,
+        dataset_name="evaluation",
+        user_column=user_column,
+        precomputed_embeddings=not model.is_context_free and model.embedder is None,
+        text_required=not model.scores_embeddings,
+    )
+    rows_by_user = group_rows_by_user(arrow_column(dataset, user_column))
     episodes = []
     for draw in range(num_draws):
-        drawn, skipped = build_eval_episodes(
-            rows_by_user, list(context_sizes), num_targets, too_few_pairs, seed + draw
-        )
+        drawn, skipped = build_eval_episodes(rows_by_user, sizes, num_targets, too_few_pairs, seed + draw)
         episodes += drawn
-    log_skipped(skipped, rows_by_user, "evaluation")
+    skipped_users = _skipped_users(skipped, rows_by_user, max(sizes), too_few_pairs)
     was_training = model.model.training
     model.model.eval()
     predictions: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -212,5 +278,6 @@ def evaluate_few_shot(
     for (user, size), preds in predictions.items():
         result = metric.compute(predictions=preds, references=[0] * len(preds))
         records.append({"user": user, "context_size": size, **result})
-    records.sort(key=lambda r: (list(rows_by_user).index(r["user"]), r["context_size"]))
-    return FewShotResults(records, name or type(model.model).__name__)
+    order = {user: i for i, user in enumerate(rows_by_user)}
+    records.sort(key=lambda r: (order[r["user"]], r["context_size"]))
+    return FewShotResults(records, name or type(model.model).__name__, skipped_users)

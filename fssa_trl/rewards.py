@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .modeling.reward_model import ContextFreeRewardModel, SteerableRewardModel
-from .modeling.steerable import Context, SteerableModel
+from .modeling.steerable import Context, SteerableModel, load_pretrained_model
 
 # What TRL passes a reward function besides `prompts`, `completions` and the dataset columns.
 _TRL_ARGUMENTS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
@@ -228,7 +228,8 @@ class RewardModelFunction(_RewardFunction):
     EOS, 0.65 without). Tokenizers that add a BOS (Llama-style) lose it too. This function builds every text with
     [`reward_input_ids`], as `RewardTrainer` did; the two paths agree only when the pad token is the EOS (the appended
     EOS then counts as padding) and the tokenizer adds no special tokens. The model loads as TRL loads a
-    path (`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`, a PEFT adapter folder included).
+    path (`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`, a PEFT adapter folder included),
+    from safetensors only: a model or adapter saved only as pickled `.bin` files is refused.
 
     Args:
         model (`nn.Module` or `str`): the reward model, or its folder (or Hub id).
@@ -266,7 +267,11 @@ class RewardModelFunction(_RewardFunction):
             from transformers import AutoModelForSequenceClassification
 
             path = str(model)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            where = "the reward model given as `model`"
+            fix = "Pass a folder or a Hub id holding a sequence-classification model (or adapter) in safetensors."
+            model = load_pretrained_model(
+                AutoModelForSequenceClassification, path, where, fix, num_labels=1, dtype=dtype
+            )
             if device is not None:
                 model.to(device)
             model.eval()

@@ -7,14 +7,14 @@ import shutil
 from concurrent.futures import Future
 from pathlib import Path
 
-import pytest
-from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
-from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
-from huggingface_hub.utils import filter_repo_objects
-
-# Set at import time too: huggingface_hub reads these when it is first imported, before any fixture runs.
+# Set before anything imports huggingface_hub, which reads them once, at its first import (a fixture is too late).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl  # noqa: E402
+from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS  # noqa: E402
+from huggingface_hub.utils import filter_repo_objects  # noqa: E402
 
 
 def pytest_configure(config):

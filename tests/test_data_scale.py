@@ -822,7 +822,9 @@ def test_bad_data_raises_the_row_by_row_error(case):
         old_check_preference_dataset(dataset, "train", "user_id", precomputed, text_required)
     with pytest.raises(ValueError) as got:
         check_preference_dataset(dataset, "train", "user_id", precomputed, text_required)
-    assert str(got.value) == str(expected.value)
+    # The first sentence (what is wrong, and where) is the row-by-row check's; issue 10 made the fixes after it runnable
+    # for every format and added the rows' details.
+    assert str(got.value).split(". ")[0] == str(expected.value).split(". ")[0]
 
 
 def test_good_data_passes():

@@ -6,6 +6,7 @@ import math
 import os
 import threading
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -164,6 +165,50 @@ def test_precomputed_vectors_are_deduplicated_and_dimension_checked():
     torch.testing.assert_close(store.table, vectors[:2].float())
     with pytest.raises(ValueError, match="dimension mismatch: got 3, the store holds 2"):
         store.add_vectors(torch.ones(1, 3))
+
+
+def _first_seen_reference(blocks):
+    """Deduplication by each vector's bytes, one vector at a time, rows in order of first occurrence."""
+    rows, table = {}, []
+    indices = []
+    for block in blocks:
+        indices.append([])
+        for vector in block:
+            key = vector.numpy().tobytes()
+            if key not in rows:
+                rows[key] = len(table)
+                table.append(vector)
+            indices[-1].append(rows[key])
+    return indices, torch.stack(table)
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["hashed", "every-hash-collides"])
+def test_precomputed_vectors_match_one_at_a_time_deduplication(collide, monkeypatch):
+    """The vectorised store gives the rows a per-vector dictionary would, across calls, -0.0 kept apart from 0.0; with
+    every 64-bit hash colliding it stays exact (duplicates may then get rows of their own, never a wrong row)."""
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(40, 5, generator=generator)
+    pool[1] = -0.0 * pool[0].abs()  # -0.0 and 0.0 are different bytes
+    pool[0] = 0.0
+    blocks = [pool[torch.randint(0, 40, (n,), generator=generator)] for n in (60, 1, 0, 90)]
+    if collide:
+        monkeypatch.setattr(embeddings, "_row_hashes", lambda vectors: np.zeros(len(vectors), dtype=np.uint64))
+    store = ContextEmbeddingStore()
+    got = [store.add_vectors(block) for block in blocks]
+    expected, table = _first_seen_reference(blocks)
+    for block, indices in zip(blocks, got, strict=True):
+        assert torch.equal(store.table[indices].view(-1, 5), block)  # every index points at an equal vector
+    if not collide:
+        assert got == expected and torch.equal(store.table, table)
+    else:
+        assert len(store) >= len(table)
+
+
+def test_distinct_precomputed_vectors_become_the_table_without_a_copy():
+    vectors = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
+    store = ContextEmbeddingStore()
+    np.testing.assert_array_equal(store.vector_indices(vectors), np.arange(1000))
+    assert np.shares_memory(store.table.numpy(), vectors)
 
 
 def test_store_without_embedder_rejects_texts():

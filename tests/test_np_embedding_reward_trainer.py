@@ -156,6 +156,10 @@ def test_decoder_conditioning_is_saved_and_reloaded(tmp_path, conditioning):
     torch.testing.assert_close(loaded.score(prompts, responses, context=context), expected, atol=1e-6, rtol=0)
     # The trained latent path is live after the round trip: another context gives other rewards.
     assert not torch.allclose(loaded.score(prompts, responses, context=[]), expected)
+    # The training `max_context` is recorded and read back: a larger context is used whole, with a warning.
+    assert trainer.steerable_model().max_context == loaded.max_context == loaded.fssa_config.max_context == 4
+    with pytest.warns(UserWarning, match="more than the 4 this model was trained with"):
+        loaded.latent(context + context[:1])
 
 
 def test_resume_restores_the_np_modules(tmp_path):

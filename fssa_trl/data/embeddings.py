@@ -116,7 +116,7 @@ class TextEmbedder:
         """Load any Hugging Face encoder (e.g. `sentence-transformers/all-MiniLM-L6-v2`) as a frozen embedder."""
         from transformers import AutoModel, AutoTokenizer
 
-        model = AutoModel.from_pretrained(name_or_path).eval().requires_grad_(False)
+        model = AutoModel.from_pretrained(name_or_path, use_safetensors=True).eval().requires_grad_(False)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(name_or_path)
         return cls(model, tokenizer, name=name_or_path, **kwargs)
 
@@ -253,6 +253,37 @@ def _processes(distributed: bool) -> _Processes:
     return _Processes()
 
 
+HASH_ROWS = 1 << 16  # rows hashed per NumPy pass
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_SHIFT = np.uint64(31)
+
+
+def _row_hashes(vectors: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's bytes (`(N, D)` float32 -> `(N,)` uint64), vectorised over rows: each 32-bit word
+    is xor-ed in, then multiplied and shifted (a multiply-xorshift mix)."""
+    words = vectors.view(np.uint32)
+    hashes = np.empty(len(words), dtype=np.uint64)
+    for start in range(0, len(words), HASH_ROWS):
+        block = np.ascontiguousarray(words[start : start + HASH_ROWS].T)  # (D, rows): contiguous per word
+        h = np.full(block.shape[1], np.uint64(block.shape[0]), dtype=np.uint64)
+        for word in block:
+            h ^= word
+            h *= _MIX
+            h ^= h >> _SHIFT
+        hashes[start : start + HASH_ROWS] = h
+    return hashes
+
+
+def _rows_equal(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
+    """Whether `a[a_rows[i]]` and `b[b_rows[i]]` have the same bytes, for every i (in chunks of `HASH_ROWS`)."""
+    equal = np.empty(len(a_rows), dtype=bool)
+    a_words, b_words = a.view(np.uint32), b.view(np.uint32)
+    for start in range(0, len(a_rows), HASH_ROWS):
+        end = start + HASH_ROWS
+        equal[start:end] = (a_words[a_rows[start:end]] == b_words[b_rows[start:end]]).all(axis=1)
+    return equal
+
+
 # -------------------------------------------------------------------------------------------------------- the store
 class ContextEmbeddingStore:
     """A table of distinct embeddings, indexed by a hash of their text (or of the vector for precomputed columns).
@@ -281,40 +312,86 @@ class ContextEmbeddingStore:
         self.embedder = embedder
         self.cache_dir = cache_dir
         self.distributed = distributed
-        self._rows: list[torch.Tensor] = []
-        self._index: dict[bytes, int] = {}
-        self._table: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None  # one (U, D) block; new rows are concatenated once per call
+        self._index: dict[bytes, int] = {}  # text key -> row
+        # Precomputed vectors: the 64-bit hash of each distinct vector's bytes (sorted) and its row. A hash match is
+        # confirmed by comparing the vectors, so a collision costs one duplicate row, never a wrong one.
+        self._vector_hashes = np.zeros(0, dtype=np.uint64)
+        self._vector_rows = np.zeros(0, dtype=np.int64)
         self._disk: dict[bytes, torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return 0 if self._table is None else self._table.shape[0]
 
     @property
     def dim(self) -> int | None:
-        return self._rows[0].shape[-1] if self._rows else None
+        return None if self._table is None else self._table.shape[-1]
 
     @property
     def table(self) -> torch.Tensor:
         """`(U, D)` float32 tensor of all distinct embeddings."""
-        if self._table is None or self._table.shape[0] != len(self._rows):
-            self._table = torch.stack(self._rows) if self._rows else torch.zeros(0, 0)
-        return self._table
+        return torch.zeros(0, 0) if self._table is None else self._table
 
-    def _append(self, key: bytes, vector: torch.Tensor) -> int:
-        if self.dim is not None and vector.shape[-1] != self.dim:
-            raise ValueError(f"Embedding dimension mismatch: got {vector.shape[-1]}, the store holds {self.dim}.")
-        self._index[key] = len(self._rows)
-        self._rows.append(vector)
-        return self._index[key]
+    def _extend(self, block: torch.Tensor) -> int:
+        """Append the rows of `block` (`(n, D)` float32) to the table; returns the row of its first one. A first
+        block becomes the table as it is (no copy)."""
+        if self.dim is not None and block.shape[-1] != self.dim:
+            raise ValueError(f"Embedding dimension mismatch: got {block.shape[-1]}, the store holds {self.dim}.")
+        first = len(self)
+        if len(block):
+            self._table = block if self._table is None else torch.cat([self._table, block])
+        return first
 
-    def add_vectors(self, vectors: torch.Tensor) -> list[int]:
-        """Add precomputed `(N, D)` vectors (deduplicated), returning their row indices."""
-        vectors = vectors.detach().to(torch.float32).cpu()
-        indices = []
-        for vector in vectors:
-            key = hashlib.sha1(vector.numpy().tobytes()).digest()
-            indices.append(self._index[key] if key in self._index else self._append(key, vector))
-        return indices
+    def add_vectors(self, vectors: torch.Tensor | np.ndarray) -> list[int]:
+        """Add precomputed `(N, D)` vectors (deduplicated by their bytes), returning their row indices. New vectors
+        get rows in order of first occurrence. Vectorised: a new float32 array whose vectors are all distinct becomes
+        the table without a copy."""
+        return self.vector_indices(vectors).tolist()
+
+    def vector_indices(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
+        """[`add_vectors`], returning the row indices as an `(N,)` int64 array."""
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().to(device="cpu", dtype=torch.float32).numpy()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"Precomputed embeddings must be a 2-d (pairs, dimension) array, got {vectors.shape}.")
+        if self.dim is not None and vectors.shape[-1] != self.dim:
+            raise ValueError(f"Embedding dimension mismatch: got {vectors.shape[-1]}, the store holds {self.dim}.")
+        hashes = _row_hashes(vectors)
+        order = np.argsort(hashes, kind="stable")  # equal hashes: rows in order, the first one first
+        sorted_hashes = hashes[order]
+        start = len(self)
+        if not len(self._vector_hashes) and not (sorted_hashes[1:] == sorted_hashes[:-1]).any():
+            # The common case, kept lean at millions of vectors: distinct hashes, so distinct vectors, none stored yet.
+            self._extend(torch.from_numpy(vectors))
+            self._vector_hashes, self._vector_rows = sorted_hashes, (order + start if start else order)
+            return np.arange(start, start + len(vectors))
+        # Each row's first row of equal hash, confirmed by comparing the vectors (a collision: the row stands alone).
+        boundaries = np.empty(len(order), dtype=bool)
+        boundaries[:1] = True
+        np.not_equal(sorted_hashes[1:], sorted_hashes[:-1], out=boundaries[1:])
+        source = np.empty(len(order), dtype=np.int64)
+        source[order] = order[boundaries][np.cumsum(boundaries) - 1]
+        del order, sorted_hashes, boundaries
+        claimed = np.flatnonzero(source != np.arange(len(vectors)))
+        collided = claimed[~_rows_equal(vectors, claimed, vectors, source[claimed])]
+        source[collided] = collided
+        heads = np.flatnonzero(source == np.arange(len(vectors)))  # one row per distinct vector, in order
+        # Vectors already in the store: a hash match whose vector is equal.
+        position = np.searchsorted(self._vector_hashes, hashes[heads])
+        found = position < len(self._vector_hashes)
+        found[found] = self._vector_hashes[position[found]] == hashes[heads[found]]
+        found[found] = _rows_equal(self.table.numpy(), self._vector_rows[position[found]], vectors, heads[found])
+        rows = np.empty(len(vectors), dtype=np.int64)
+        rows[heads[found]] = self._vector_rows[position[found]]
+        new = heads[~found]
+        self._extend(torch.from_numpy(vectors if len(new) == len(vectors) else vectors[new]))
+        rows[new] = np.arange(start, start + len(new))
+        hashes = np.concatenate([self._vector_hashes, hashes[new]])
+        order = np.argsort(hashes, kind="stable")
+        self._vector_hashes = hashes[order]
+        self._vector_rows = np.concatenate([self._vector_rows, rows[new]])[order]
+        return rows[source]
 
     def add_texts(self, texts: Sequence[str]) -> list[int]:
         """Embed the texts not seen before (once each) and return the row index of every text."""
@@ -327,7 +404,14 @@ class ContextEmbeddingStore:
         missing = self._missing(dict(zip(keys, texts, strict=True)), processes)
         if missing:
             self._embed_missing(missing, processes)
-        return [self._index[k] if k in self._index else self._append(k, disk[k]) for k in keys]
+        new: dict[bytes, int] = {}
+        for key in keys:
+            if key not in self._index and key not in new:
+                new[key] = len(self) + len(new)
+        if new:
+            self._extend(torch.stack([disk[key] for key in new]))
+            self._index.update(new)
+        return [self._index[key] for key in keys]
 
     def _missing(self, distinct: dict[bytes, str], processes: _Processes) -> dict[bytes, str]:
         """The distinct texts (first-seen order) in neither the store nor the disk cache of this process or, in a

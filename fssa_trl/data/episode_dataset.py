@@ -31,21 +31,22 @@ from .episodes import (
     UserRows,
     draw_eval_episodes,
     draw_train_episodes,
+    dropped_pairs_message,
     epoch_seed,
     heldout_mask,
+    log_dropped,
     log_skipped,
 )
 from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS, arrow_column, embedding_matrix
+from .validation import EPISODE_COLUMNS as EPISODE_COLUMNS  # defined with the other reserved column names
 
 logger = logging.getLogger(__name__)
 
-EPISODE_COLUMNS = (
-    "target_in_context",
-    "chosen_embedding_index",
-    "rejected_embedding_index",
-    "context_chosen_embedding_index",
-    "context_rejected_embedding_index",
-)
+
+def is_episode_dataset(dataset) -> bool:
+    """Whether `dataset` already holds episodes (every column of [`EPISODE_COLUMNS`]), not raw pairs. A raw dataset
+    with only some of them is refused by the checks (reserved column names)."""
+    return set(EPISODE_COLUMNS) <= set(dataset.column_names)
 
 
 def _is_text(dataset: Dataset, column: str) -> bool:
@@ -104,22 +105,15 @@ def embedding_indices(
         return _text_indices(store, arrow_column(dataset, TEXT_KEY_COLUMNS[0])), _text_indices(
             store, arrow_column(dataset, TEXT_KEY_COLUMNS[1])
         )
-    chosen = embedding_matrix(dataset, EMBEDDING_COLUMNS[0], dataset_name)
-    rejected = embedding_matrix(dataset, EMBEDDING_COLUMNS[1], dataset_name)
-    if chosen.shape != rejected.shape:
+    # One (2N, D) block, chosen rows then rejected rows: with distinct vectors it becomes the store's table as it is.
+    vectors = embedding_matrix(dataset, EMBEDDING_COLUMNS, dataset_name)
+    if store.dim is not None and vectors.shape[-1] != store.dim:
         raise ValueError(
-            f"'chosen_embedding' and 'rejected_embedding' of the {dataset_name} dataset must be float lists of one "
-            f"length, got shapes {tuple(chosen.shape)} and {tuple(rejected.shape)}."
-        )
-    if store.dim is not None and chosen.shape[-1] != store.dim:
-        raise ValueError(
-            f"Embedding dimension mismatch: the {dataset_name} dataset's embeddings have dimension {chosen.shape[-1]} "
+            f"Embedding dimension mismatch: the {dataset_name} dataset's embeddings have dimension {vectors.shape[-1]} "
             f"but earlier embeddings (and the latent encoder) use {store.dim}. Use one embedding model for all datasets."
         )
-    return (
-        np.asarray(store.add_vectors(torch.from_numpy(chosen)), dtype=np.int64),
-        np.asarray(store.add_vectors(torch.from_numpy(rejected)), dtype=np.int64),
-    )
+    indices = store.vector_indices(vectors)
+    return indices[: len(dataset)], indices[len(dataset) :]
 
 
 def split_heldout(
@@ -213,27 +207,45 @@ def build_episode_dataset(
     seed: int,
     token_columns: Sequence[str] = (),
     redraw: bool = False,
+    dropped: dict[str, Any] | None = None,
 ) -> Dataset | RedrawnEpisodes:
     """One row per episode (see `fssa_trl.data.episodes`): training episodes (context inside the targets) when
     `training`, else evaluation episodes (context disjoint from the targets, one set per size in
     `eval_context_sizes`). Token columns present in `dataset` are carried per target; `user` names the user.
 
     With `redraw` (training only), the training episodes are a [`RedrawnEpisodes`], drawn anew every epoch; its epoch 0
-    holds the rows returned without `redraw`."""
+    holds the rows returned without `redraw`.
+
+    `dropped` (a trainer's `np_dropped[dataset_name]`) may hold the pairs removed from `dataset` before, by reason
+    ([`DROP_REASONS`]); the users skipped for too few pairs are added to it (`users_too_few_pairs`,
+    `pairs_of_skipped_users`) and everything left out is logged in one warning ([`log_dropped`]), which the errors
+    for too few pairs also mention. Without it, skipped users are logged alone ([`log_skipped`])."""
     groups = UserRows.from_column(arrow_column(dataset, user_column))
-    if training:
-        draw = functools.partial(
-            draw_train_episodes, groups, num_targets, min_context, max_context, too_few_pairs, episode_passes
-        )
-        episodes, skipped = draw(seed=seed)
+    removed = "" if dropped is None else dropped_pairs_message(dropped, dataset_name)
+    try:
+        if training:
+            draw = functools.partial(
+                draw_train_episodes, groups, num_targets, min_context, max_context, too_few_pairs, episode_passes
+            )
+            episodes, skipped = draw(seed=seed)
+        else:
+            episodes, skipped = draw_eval_episodes(groups, eval_context_sizes, num_targets, too_few_pairs, seed)
+    except ValueError as error:  # too_few_pairs="error": say if pairs were removed before
+        if not removed:
+            raise
+        raise ValueError(f"{error} ({removed})") from error
+    if dropped is None:
+        log_skipped(skipped, groups, dataset_name)
     else:
-        episodes, skipped = draw_eval_episodes(groups, eval_context_sizes, num_targets, too_few_pairs, seed)
-    log_skipped(skipped, groups, dataset_name)
+        pairs = dict(zip(groups.users, groups.counts.tolist(), strict=True))
+        dropped["users_too_few_pairs"] = list(skipped)
+        dropped["pairs_of_skipped_users"] = sum(pairs[user] for user in skipped)
+        log_dropped(dropped, len(groups), dataset_name)
     if not len(episodes):
         raise ValueError(
             f"No user of the {dataset_name} dataset has enough preference pairs for one episode (num_targets="
             f"{num_targets}, max_context={max_context}, eval_context_sizes={list(eval_context_sizes)}). Lower these, or "
-            "set `too_few_pairs='replace'`."
+            "set `too_few_pairs='replace'`." + (f" ({removed})" if removed else "")
         )
     chosen_index, rejected_index = embedding_indices(dataset, store, dataset_name)
     logger.info("Built %d %s episodes from %d users", len(episodes), dataset_name, len(groups) - len(skipped))

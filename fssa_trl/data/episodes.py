@@ -404,13 +404,48 @@ def split_heldout_rows(
     return kept, heldout
 
 
+def skipped_users_message(skipped: Sequence[str], num_users: int, dataset_name: str) -> str:
+    return (
+        f"Skipped {len(skipped)} of {num_users} users of the {dataset_name} dataset with too few preference pairs "
+        f"(too_few_pairs='skip'): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}"
+    )
+
+
 def log_skipped(skipped: list[str], rows_by_user: Mapping | UserRows, dataset_name: str) -> None:
     if skipped:
-        logger.warning(
-            "Skipped %d of %d users of the %s dataset with too few preference pairs (too_few_pairs='skip'): %s%s",
-            len(skipped),
-            len(rows_by_user),
-            dataset_name,
-            ", ".join(skipped[:5]),
-            " ..." if len(skipped) > 5 else "",
-        )
+        logger.warning("%s", skipped_users_message(skipped, len(rows_by_user), dataset_name))
+
+
+# Why pairs of a dataset can be removed before its episodes are drawn: the keys of a trainer's `np_dropped[name]`
+# that count pairs, and what each means.
+DROP_REASONS = {
+    "pairs_too_long": "chosen or rejected longer than `max_length` tokens (filtered out by TRL's RewardTrainer)",
+    "prompts_too_long": "a prompt of `max_length` tokens or more (filtered out by TRL's DPOTrainer)",
+}
+
+
+def dropped_pairs_message(dropped: Mapping[str, Any], dataset_name: str) -> str:
+    """What [`DROP_REASONS`] removed from a dataset before its episodes were drawn, or `""` when nothing was."""
+    reasons = [(reason, int(dropped.get(reason, 0))) for reason in DROP_REASONS]
+    reasons = [(reason, count) for reason, count in reasons if count]
+    if not reasons:
+        return ""
+    counts = "; ".join(f"{count} with {DROP_REASONS[reason]}" for reason, count in reasons)
+    return (
+        f"{sum(count for _, count in reasons)} pairs of the {dataset_name} dataset were removed before its episodes "
+        f"were drawn: {counts}. Raise `max_length` to keep them."
+    )
+
+
+def log_dropped(dropped: Mapping[str, Any], num_users: int, dataset_name: str) -> None:
+    """One warning for everything left out of a dataset's episodes: the pairs removed before they were drawn
+    ([`DROP_REASONS`]) and the users skipped for too few pairs (`users_too_few_pairs`, with their
+    `pairs_of_skipped_users` pairs); nothing when nothing was left out."""
+    parts = [dropped_pairs_message(dropped, dataset_name)]
+    skipped = dropped.get("users_too_few_pairs") or []
+    if skipped:
+        pairs = int(dropped.get("pairs_of_skipped_users", 0))
+        parts.append(f"{skipped_users_message(skipped, num_users, dataset_name)} (their {pairs} pairs are left out).")
+    message = " ".join(part for part in parts if part)
+    if message:
+        logger.warning("%s The counts are in the trainer's `np_dropped[%r]`.", message, dataset_name)

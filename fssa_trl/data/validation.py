@@ -8,6 +8,9 @@ dataset) took most of a trainer's construction time."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +19,20 @@ from datasets import Dataset, IterableDataset
 EMBEDDING_COLUMNS = ("chosen_embedding", "rejected_embedding")
 # Columns the trainers add to a dataset (the texts to embed, before TRL appends EOS to them).
 TEXT_KEY_COLUMNS = ("_fssa_chosen_text", "_fssa_rejected_text")
+# Columns of a dataset of episodes (one row per episode), besides `user` and the token columns carried per target.
+EPISODE_COLUMNS = (
+    "target_in_context",
+    "chosen_embedding_index",
+    "rejected_embedding_index",
+    "context_chosen_embedding_index",
+    "context_rejected_embedding_index",
+)
+# Column names a raw preference dataset must not use: fssa_trl adds them (a dataset holding `target_in_context`
+# would be taken for episodes already built).
+RESERVED_COLUMNS = (*TEXT_KEY_COLUMNS, *EPISODE_COLUMNS)
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+# Row indices an error or warning lists.
+ROWS_SHOWN = 5
 # Rows per batch where a column of an unusual type is checked value by value in Python.
 PYTHON_CHECK_BATCH_ROWS = 10_000
 # Values per slice of the NaN / infinity scan (bounds its temporary mask to 16 MB).
@@ -36,25 +53,43 @@ def arrow_column(dataset: Dataset, name: str) -> pa.ChunkedArray:
     return column if indices is None else column.take(indices.column(0))
 
 
-def _is_empty(value) -> bool:
+class IdenticalPairsWarning(UserWarning):
+    """Some pairs of a preference dataset have the same chosen and rejected response (a string, or a conversation
+    with the same roles and contents). Legal, but such a pair states no preference: its Bradley-Terry or DPO loss
+    does not depend on the model (no gradient), and as a context pair it tells the encoder nothing. It usually comes
+    from a bug in how the dataset was built. Issued once per dataset, when the dataset is checked."""
+
+
+def is_empty(value) -> bool:
+    """Whether a `prompt` / `chosen` / `rejected` value is empty: None, only whitespace, or a conversation (a list of
+    messages) with no message of non-empty content. The trainers refuse such rows; drop them with
+    `dataset.filter(lambda x: not any(is_empty(x[c]) for c in ["prompt", "chosen", "rejected"]))` (the columns your
+    dataset has), in the standard and the conversational format alike."""
     if value is None:
         return True
     if isinstance(value, str):
         return value.strip() == ""
     if isinstance(value, list):  # conversational: no message, or only empty contents
-        return len(value) == 0 or all(_is_empty(m.get("content") if isinstance(m, dict) else m) for m in value)
+        return len(value) == 0 or all(is_empty(m.get("content") if isinstance(m, dict) else m) for m in value)
     return False
 
 
+def _rows(mask: np.ndarray) -> str:
+    """The first rows where `mask` holds, for a message: `"3, 8, 12, ..."`."""
+    rows = np.flatnonzero(mask)
+    shown = ", ".join(str(row) for row in rows[:ROWS_SHOWN].tolist())
+    return shown + (", ..." if len(rows) > ROWS_SHOWN else "")
+
+
 def _empty_strings(strings: pa.Array) -> np.ndarray:
-    """`_is_empty` of every string: None, "" or only whitespace (Arrow's `utf8_is_space` and Python's `str.strip`
+    """`is_empty` of every string: None, "" or only whitespace (Arrow's `utf8_is_space` and Python's `str.strip`
     agree on every code point)."""
     empty = pc.or_(pc.equal(pc.binary_length(strings), 0), pc.utf8_is_space(strings))
     return pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
 
 
 def _empty_conversations(conversations: pa.Array) -> np.ndarray | None:
-    """`_is_empty` of every conversation (a list of messages with a string `content`), or `None` for another type."""
+    """`is_empty` of every conversation (a list of messages with a string `content`), or `None` for another type."""
     message_type = conversations.type.value_type
     if not pa.types.is_struct(message_type) or message_type.get_field_index("content") < 0:
         return None
@@ -86,7 +121,7 @@ def empty_rows(column: pa.ChunkedArray) -> np.ndarray:
         if mask is None:
             mask = np.array(
                 [
-                    _is_empty(value)
+                    is_empty(value)
                     for start in range(0, len(chunk), PYTHON_CHECK_BATCH_ROWS)
                     for value in chunk.slice(start, PYTHON_CHECK_BATCH_ROWS).to_pylist()
                 ],
@@ -102,8 +137,17 @@ def check_preference_dataset(
     user_column: str,
     precomputed_embeddings: bool,
     text_required: bool = True,
+    margin_used: bool = False,
 ) -> None:
     """Validate a raw preference dataset, every row once, column by column in Arrow.
+
+    Raises a `ValueError` naming the column, the first rows and the fix for: a streamed or empty dataset; a missing
+    user column, or user ids that are None, NaN or empty strings (ids may be strings or integers, compared as strings:
+    `3` and `"3"` are one user); a column name fssa_trl reserves ([`RESERVED_COLUMNS`]); missing `chosen` /
+    `rejected`; an empty `prompt` / `chosen` / `rejected` ([`is_empty`]); with `margin_used`, a `margin` that is
+    None, NaN or infinite; every pair with `chosen == rejected`; and, for precomputed embeddings, missing, ragged,
+    empty (dimension 0), None, NaN or infinite vectors. Some (not all) pairs with `chosen == rejected` give an
+    [`IdenticalPairsWarning`].
 
     Args:
         dataset (`Dataset`): preference pairs (TRL's formats) with a user column.
@@ -112,11 +156,18 @@ def check_preference_dataset(
         precomputed_embeddings (`bool`): whether `chosen_embedding` / `rejected_embedding` columns are required.
         text_required (`bool`, *optional*, defaults to `True`): whether `chosen` / `rejected` text is required
             (already tokenized `chosen_ids` / `rejected_ids` also do with precomputed embeddings).
+        margin_used (`bool`, *optional*, defaults to `False`): whether a `margin` column enters the loss (the reward
+            trainers), and must then hold a finite number in every row.
     """
     if isinstance(dataset, IterableDataset):
         raise ValueError(
             f"The {dataset_name} dataset is an IterableDataset: few-shot episodes group each user's pairs, which needs "
             "random access. Load it without `streaming=True`."
+        )
+    if len(dataset) == 0:
+        raise ValueError(
+            f"The {dataset_name} dataset is empty (0 rows): there are no preference pairs to build episodes from. "
+            "Check how it was loaded, split or filtered."
         )
     columns = set(dataset.column_names)
     if user_column not in columns:
@@ -125,6 +176,9 @@ def check_preference_dataset(
             "set `user_column` to the column that names the user behind each pair; for a dataset that rates several "
             "attributes per pair, use `fssa_trl.users_from_attributes`."
         )
+    for column in RESERVED_COLUMNS:
+        if column in columns:
+            raise ValueError(f"Column {column!r} of the {dataset_name} dataset is reserved by fssa_trl; rename it.")
     has_text = {"chosen", "rejected"} <= columns
     has_ids = {"chosen_ids", "rejected_ids"} <= columns
     if text_required and not has_text and not (has_ids and precomputed_embeddings):
@@ -133,19 +187,167 @@ def check_preference_dataset(
             f"The {dataset_name} dataset is missing the column(s) {missing}: a preference dataset needs 'chosen' and "
             f"'rejected' (and optionally 'prompt'), as in TRL (columns: {sorted(columns)})."
         )
-    for column in ("prompt", "chosen", "rejected"):
-        if column in columns:
-            empty = empty_rows(arrow_column(dataset, column))
-            if empty.any():
-                raise ValueError(
-                    f"Row {int(empty.argmax())} of the {dataset_name} dataset has an empty {column!r}. Remove empty "
-                    f"rows first, e.g. `dataset.filter(lambda x: x[{column!r}].strip() != '')`."
-                )
+    _check_users(arrow_column(dataset, user_column), user_column, dataset_name)
+    _check_texts(dataset, dataset_name, [c for c in TEXT_COLUMNS if c in columns])
+    if margin_used and "margin" in columns:
+        _check_margin(arrow_column(dataset, "margin"), dataset_name)
+    if has_text:
+        _check_identical_pairs(dataset, dataset_name)
     if precomputed_embeddings:
         _check_embedding_columns(dataset, dataset_name, columns)
-    for column in TEXT_KEY_COLUMNS:
-        if column in columns:
-            raise ValueError(f"Column {column!r} of the {dataset_name} dataset is reserved by fssa_trl; rename it.")
+
+
+def _check_users(column: pa.ChunkedArray, user_column: str, dataset_name: str) -> None:
+    """User ids must be strings or integers (floats pass; NaN is missing), none missing: None, NaN or blank."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        keep = f"(x[{user_column!r}] or '').strip() != ''"
+    elif pa.types.is_integer(kind) or pa.types.is_null(kind):
+        keep = f"x[{user_column!r}] is not None"
+    elif pa.types.is_floating(kind):
+        keep = f"x[{user_column!r}] is not None and x[{user_column!r}] == x[{user_column!r}]"
+    else:
+        raise ValueError(
+            f"The user column {user_column!r} of the {dataset_name} dataset must hold user ids, strings or integers, "
+            f"got Arrow type {column.type}. Convert it, e.g. `dataset = dataset.map(lambda x: {{{user_column!r}: "
+            f"str(x[{user_column!r}])}})`, or set `user_column` to the column that names the user behind each pair."
+        )
+    masks = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_decode()
+        if pa.types.is_null(chunk.type):
+            masks.append(np.ones(len(chunk), dtype=bool))
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            masks.append(_empty_strings(chunk))
+        elif pa.types.is_floating(kind):
+            masks.append(pc.fill_null(pc.is_nan(chunk), True).to_numpy(zero_copy_only=False))
+        else:
+            masks.append(chunk.is_null().to_numpy(zero_copy_only=False))
+    missing = np.concatenate(masks)
+    if not missing.any():
+        return
+    count = int(missing.sum())
+    if count == len(missing):
+        raise ValueError(
+            f"The user column {user_column!r} of the {dataset_name} dataset has no user id (None, NaN or an empty "
+            f"string) in any of its {count} rows. Every pair needs the id of the user who made the choice: set "
+            "`user_column` to the column that names the user behind each pair, or fill this one in."
+        )
+    raise ValueError(
+        f"The user column {user_column!r} of the {dataset_name} dataset has no user id (None, NaN or an empty string) "
+        f"in {count} of {len(missing)} rows (rows {_rows(missing)}). Every pair needs the id of the user who made the "
+        f"choice: fill them in, or drop those rows, e.g. `dataset = dataset.filter(lambda x: {keep})`."
+    )
+
+
+def _check_texts(dataset, dataset_name: str, columns: list[str]) -> None:
+    """No empty `prompt` / `chosen` / `rejected`; the error's fix, `dataset.filter` with [`is_empty`], drops every
+    empty row of every format."""
+    empty = {column: empty_rows(arrow_column(dataset, column)) for column in columns}
+    bad = [column for column in columns if empty[column].any()]
+    if not bad:
+        return
+    first = empty[bad[0]]
+    either = np.logical_or.reduce([empty[column] for column in bad])
+    raise ValueError(
+        f"Row {int(first.argmax())} of the {dataset_name} dataset has an empty {bad[0]!r}. {int(either.sum())} of "
+        f"{len(either)} rows have an empty {' or '.join(repr(c) for c in bad)} (None, only whitespace, or a "
+        f"conversation without message content; rows {_rows(either)}). Remove them first: `from "
+        "fssa_trl.data.validation import is_empty; dataset = dataset.filter(lambda x: not any(is_empty(x[c]) for c "
+        f"in {columns!r}))`."
+    )
+
+
+def _check_margin(column: pa.ChunkedArray, dataset_name: str) -> None:
+    """Every `margin` a finite number: TRL subtracts it inside the loss, so one NaN makes every weight NaN."""
+    masks = []
+    for chunk in column.chunks:
+        if pa.types.is_floating(chunk.type):
+            masks.append(pc.invert(pc.fill_null(pc.is_finite(chunk), False)).to_numpy(zero_copy_only=False))
+        elif pa.types.is_integer(chunk.type) or pa.types.is_null(chunk.type):
+            masks.append(chunk.is_null().to_numpy(zero_copy_only=False))
+        else:
+            raise ValueError(
+                f"'margin' of the {dataset_name} dataset must hold one number per row, got Arrow type {chunk.type}."
+            )
+    bad = np.concatenate(masks)
+    if bad.any():
+        row = int(bad.argmax())
+        raise ValueError(
+            f"Row {row} of the {dataset_name} dataset has a 'margin' that is not a finite number "
+            f"({column[row].as_py()}); {int(bad.sum())} of {len(bad)} rows do (rows {_rows(bad)}). The margin enters "
+            "the loss, so one such row makes the loss, and then every trained weight, NaN. Fix or drop those rows, "
+            "e.g. `import math; dataset = dataset.filter(lambda x: x['margin'] is not None and "
+            "math.isfinite(x['margin']))`."
+        )
+
+
+def _conversation_text(conversations: pa.Array) -> pa.Array | None:
+    """One string per conversation, its messages' roles and contents joined (`None` for another type), so that two
+    conversations compare equal in Arrow exactly when their roles and contents do."""
+    message_type = conversations.type.value_type
+    if not pa.types.is_struct(message_type) or message_type.get_field_index("content") < 0:
+        return None
+    fields = [name for name in ("role", "content") if message_type.get_field_index(name) >= 0]
+    if not all(pa.types.is_string(message_type.field(name).type) for name in fields):
+        return None
+    messages = conversations.flatten()  # the messages of the non-null conversations, in order
+    parts = [pc.fill_null(pc.struct_field(messages, name), "") for name in fields]
+    text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
+    lengths = pc.fill_null(pc.list_value_length(conversations), 0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), pa.int64())
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, text), "\x1e")
+
+
+def _comparable(column: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """A `chosen` / `rejected` column as strings (conversations as their roles and contents), `None` for another
+    type."""
+    parts = []
+    for chunk in column.chunks:
+        if pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+            parts.append(chunk)
+        elif pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+            part = _conversation_text(chunk)
+            if part is None:
+                return None
+            parts.append(part)
+        else:
+            return None
+    return pa.chunked_array(parts, type=parts[0].type if parts else pa.string())
+
+
+def identical_pairs(dataset: Dataset) -> np.ndarray | None:
+    """Which rows have `chosen == rejected`: strings, or conversations with the same roles and contents (other message
+    fields are not compared). `None` when the columns hold something else (e.g. multimodal contents)."""
+    chosen, rejected = (_comparable(arrow_column(dataset, column)) for column in ("chosen", "rejected"))
+    if chosen is None or rejected is None:
+        return None
+    if chosen.type != rejected.type:  # string and large_string
+        chosen, rejected = chosen.cast(pa.large_string()), rejected.cast(pa.large_string())
+    return pc.fill_null(pc.equal(chosen, rejected), False).to_numpy(zero_copy_only=False)
+
+
+def _check_identical_pairs(dataset, dataset_name: str) -> None:
+    """Pairs with `chosen == rejected`: an [`IdenticalPairsWarning`] with the count and the first rows, or a
+    `ValueError` when every pair is one (nothing would be learnt)."""
+    same = identical_pairs(dataset)
+    if same is None or not same.any():
+        return
+    count = int(same.sum())
+    if count == len(same):
+        raise ValueError(
+            f"Every pair of the {dataset_name} dataset has chosen == rejected ({count} rows): such a pair states no "
+            "preference, so nothing would be learnt. Check how 'chosen' and 'rejected' were built (the same column "
+            "used twice?)."
+        )
+    warnings.warn(
+        f"{count} of {len(same)} pairs of the {dataset_name} dataset have chosen == rejected (rows {_rows(same)}). "
+        "Such a pair states no preference: it gives no gradient, and as a context pair tells the encoder nothing. "
+        "Unless that is intended, drop them: `dataset = dataset.filter(lambda x: x['chosen'] != x['rejected'])`.",
+        IdenticalPairsWarning,
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- embedding columns
@@ -198,11 +400,24 @@ def _check_embedding_columns(dataset, dataset_name: str, columns: set[str]) -> N
     chunks = {column: list(_vector_chunks(vectors[column], column, dataset_name)) for column in EMBEDDING_COLUMNS}
     lengths = {int(n) for parts in chunks.values() for _, _, part in parts for n in np.unique(part)}
     if len(lengths) != 1:
+        by_row = {column: np.concatenate([part for _, _, part in chunks[column]]) for column in EMBEDDING_COLUMNS}
+        expected = int(by_row[EMBEDDING_COLUMNS[0]][0])  # row 0's 'chosen_embedding'
+        column = next(column for column in EMBEDDING_COLUMNS if (by_row[column] != expected).any())
+        row = int(np.argmax(by_row[column] != expected))
+        length = int(by_row[column][row])
         raise ValueError(
             f"Embedding dimension mismatch in the {dataset_name} dataset: 'chosen_embedding'/'rejected_embedding' "
-            f"vectors have lengths {sorted(lengths)}. Every embedding must come from one model, with one dimension."
+            f"vectors have lengths {sorted(lengths)}. Row {row} has a {column!r} of length {length}, row 0 a "
+            f"'chosen_embedding' of length {expected}: every embedding must come from one model, with one dimension. "
+            "Fix or drop those rows."
         )
     dim = lengths.pop()
+    if dim == 0:
+        raise ValueError(
+            f"'chosen_embedding' and 'rejected_embedding' of the {dataset_name} dataset hold empty vectors (length 0) "
+            "in every row: a precomputed embedding needs at least one value. Fill them with your embedding model's "
+            "vectors, or set `context_embedding` to 'base' or an encoder name to embed the text."
+        )
     for column in EMBEDDING_COLUMNS:  # the first bad row of 'chosen_embedding', else of 'rejected_embedding'
         for first_row, chunk, _ in chunks[column]:
             values = _values(chunk, column, dataset_name, first_row, dim)
@@ -216,22 +431,27 @@ def _check_embedding_columns(dataset, dataset_name: str, columns: set[str]) -> N
                     )
 
 
-def embedding_matrix(dataset: Dataset, column: str, dataset_name: str) -> np.ndarray:
-    """`(N, D)` float32 array (a new, writable one) of a float-list column whose vectors have one length."""
-    parts, dims, copied = [], set(), False
-    for first_row, chunk, lengths in _vector_chunks(arrow_column(dataset, column), column, dataset_name):
-        dims.update(np.unique(lengths).tolist())
-        if len(dims) > 1:
-            raise ValueError(
-                f"'chosen_embedding' and 'rejected_embedding' of the {dataset_name} dataset must be float lists of one "
-                f"length, got lengths {sorted(dims)} in {column!r}."
-            )
-        if len(chunk):
-            dim = int(lengths[0])
-            values = _values(chunk, column, dataset_name, first_row, dim)
-            converted = values.astype(np.float32, copy=False)
-            copied = converted is not values
-            parts.append(converted.reshape(len(chunk), dim))
-    if len(parts) == 1 and copied:  # already a new array: no second copy
-        return parts[0]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+def embedding_matrix(dataset: Dataset, columns: str | Sequence[str], dataset_name: str) -> np.ndarray:
+    """`(N * len(columns), D)` float32 array (a new, writable one) of float-list columns whose vectors have one
+    length: the rows of the first column, then those of the next. Filled in place, chunk by chunk (no second copy)."""
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    parts, dims = [], set()
+    for column in columns:
+        for first_row, chunk, lengths in _vector_chunks(arrow_column(dataset, column), column, dataset_name):
+            dims.update(np.unique(lengths).tolist())
+            if len(dims) > 1:
+                raise ValueError(
+                    f"'chosen_embedding' and 'rejected_embedding' of the {dataset_name} dataset must be float lists of "
+                    f"one length, got lengths {sorted(dims)} in {column!r}."
+                )
+            if len(chunk):
+                parts.append((column, first_row, chunk))
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    dim = dims.pop()
+    matrix = np.empty((sum(len(chunk) for _, _, chunk in parts), dim), dtype=np.float32)
+    row = 0
+    for column, first_row, chunk in parts:
+        matrix[row : row + len(chunk)] = _values(chunk, column, dataset_name, first_row, dim).reshape(len(chunk), dim)
+        row += len(chunk)
+    return matrix

@@ -181,6 +181,8 @@ class SteerableConfig:
 
     encoder: LatentEncoderConfig
     context_embedding: ContextEmbeddingConfig
+    # The largest context size drawn in training (`max_context`); `None` where not recorded (files saved before 0.2).
+    max_context: int | None = None
     format_version: int = FORMAT_VERSION
     fssa_trl_version: str = __version__
 

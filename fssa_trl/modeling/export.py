@@ -34,6 +34,7 @@ from ..data.embeddings import _backbone
 from ..version import __version__
 from .gated_lora import folded_lora_weights
 from .hypernetwork import Modulation
+from .inputs import context_rows
 from .policy import SteerablePolicy
 from .reward_head import EmbeddingRewardDecoder
 from .reward_model import SteerableEmbeddingRewardModel, SteerableLoRARewardModel
@@ -148,18 +149,13 @@ def export_user(
 
 
 def _user_latent(model: SteerableModel, context: Context, latent) -> tuple[torch.Tensor, int | None]:
-    """The user's z `(latent_dim,)` (float32, CPU) and the number of context pairs it came from."""
+    """The user's z `(latent_dim,)` (float32, CPU) and the number of context pairs it came from; `context` and
+    `latent` are checked as `score` checks them."""
     if context is not None and latent is not None:
         raise ValueError("Pass either `context` (the user's choices) or `latent` (their z) to export, not both.")
     if latent is None:
-        return model.latent(context).detach().float().cpu(), len(context or [])
-    dim = model.np_modules.encoder.latent_dim
-    latent = torch.as_tensor(latent).detach().float().cpu()
-    if latent.shape != (dim,):
-        raise ValueError(f"`latent` must have shape ({dim},), this model's latent_dim; got {tuple(latent.shape)}.")
-    if not torch.isfinite(latent).all():
-        raise ValueError("`latent` holds NaN or infinite values.")
-    return latent, None
+        return model.latent(context).detach().float().cpu(), len(context_rows(context))
+    return model.check_latent(latent).detach().float().cpu(), None
 
 
 # --------------------------------------------------------------------------------------------------- gated LoRA

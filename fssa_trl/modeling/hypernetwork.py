@@ -72,6 +72,13 @@ class LoRAHypernetwork(nn.Module):
         init_std: float = 0.0,
     ):
         super().__init__()
+        for name, value in (("num_layers", num_layers), ("rank", rank), ("hidden_dim", hidden_dim)):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}.")
+        if latent_dim < 0 or (head_dim is not None and head_dim < 1):
+            raise ValueError(
+                f"`latent_dim` must be >= 0 and `head_dim` None or >= 1, got {latent_dim} and {head_dim}."
+            )
         self.num_layers = num_layers
         self.rank = rank
         self.head_dim = head_dim

@@ -100,6 +100,11 @@ class NPLatentEncoder(nn.Module):
             raise ValueError(f"`aggregation` must be one of {AGGREGATIONS}, got {aggregation!r}.")
         if latent_type not in LATENT_TYPES:
             raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {latent_type!r}.")
+        for name, value in (("embedding_dim", embedding_dim), ("hidden_dim", hidden_dim), ("num_heads", num_heads)):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}.")
+        if latent_dim < 0:
+            raise ValueError(f"`latent_dim` must be >= 0 (0: a context-free model), got {latent_dim}.")
         self.embedding_dim = embedding_dim
         self.latent_dim = latent_dim
         self.aggregation = aggregation

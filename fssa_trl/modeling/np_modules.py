@@ -12,11 +12,13 @@ import dataclasses
 import os
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .config import SteerableConfig
+from ..data.embeddings import POOLINGS
+from .config import FSSA_CONFIG_NAME, SteerableConfig
 from .hypernetwork import LoRAHypernetwork
 from .latent_encoder import NPLatentEncoder, gaussian_kl
 from .reward_head import EmbeddingRewardDecoder
@@ -102,12 +104,29 @@ def save_np_modules(output_dir: str, state_dict: dict[str, torch.Tensor], config
     config.save_pretrained(output_dir)
 
 
+def check_safetensors(file: str) -> None:
+    """Raise a `ValueError` naming `file` if it is not a complete safetensors file (its header is read, and must
+    cover the file exactly: a truncated or padded file fails)."""
+    try:
+        with safe_open(file, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{file} is corrupt or incomplete ({error}): an interrupted save, copy or download? Save or download the "
+            "model again."
+        ) from error
+
+
 def load_np_weights(modules: NPModules, path: str) -> None:
     """Load `<path>/fssa_np.safetensors` into `modules` (strict: every key must match)."""
     file = os.path.join(path, FSSA_WEIGHTS_NAME)
     if not os.path.isfile(file):
         raise ValueError(f"{path!r} has no {FSSA_WEIGHTS_NAME}: the NP modules cannot be restored.")
-    modules.load_state_dict(load_file(file))  # copied into the modules' own dtype and device
+    check_safetensors(file)
+    try:
+        modules.load_state_dict(load_file(file))  # copied into the modules' own dtype and device
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise RuntimeError(f"{file} does not match {os.path.join(path, FSSA_CONFIG_NAME)}: {error}") from error
 
 
 def load_np_modules(
@@ -118,6 +137,15 @@ def load_np_modules(
     Returns the modules (float32, on CPU) and the config.
     """
     config = config_class.from_pretrained(path)
-    modules = NPModules.from_config(config)
+    source = os.path.join(path, FSSA_CONFIG_NAME)
+    if config.context_embedding.pooling not in POOLINGS:
+        raise ValueError(
+            f"{source}: field 'context_embedding.pooling' must be one of {POOLINGS}, got "
+            f"{config.context_embedding.pooling!r}."
+        )
+    try:
+        modules = NPModules.from_config(config)
+    except ValueError as error:  # a value the modules refuse (an unknown aggregation, head, ...)
+        raise ValueError(f"{source}: {error}") from error
     load_np_weights(modules, path)
     return modules, config

@@ -13,6 +13,7 @@ from ..data.collator import right_pad
 from ..data.embeddings import TextEmbedder
 from .config import PolicyConfig
 from .gated_lora import LoRAModulator
+from .inputs import as_batch, check_batch_size, check_text, check_texts
 from .np_modules import NPModules
 from .steerable import Context, SteerableModel, load_gated_peft_model
 
@@ -22,6 +23,10 @@ class SteerablePolicy(SteerableModel):
     user whose choices `ctx` (a list of `{"prompt", "chosen", "rejected"}` dicts) are given; `context=[]` or `None`
     is an unknown user (the population prior). `latent(ctx)` returns that user's z, and `generate(prompts,
     latent=z)` generates at any z, e.g. between two users (the paper's continuum of behavioural modes).
+
+    Inputs follow the rules of [`SteerableRewardModel.score`]: a single string is a batch of one, a context is
+    checked (keys, values) and used whole, `latent` replaces `context` (never both); an empty completion is scored,
+    an empty prompt cannot be generated from.
 
     Example:
 
@@ -84,11 +89,17 @@ class SteerablePolicy(SteerableModel):
     ) -> list[str]:
         """Generate completions of `prompts` for the user described by `context` (or at `latent`).
 
-        `generate_kwargs` go to `transformers`' `generate` (sampling, beam search, `num_return_sequences`, ...).
-        Returns the decoded new text, `len(prompts) * num_return_sequences` strings, grouped by prompt.
+        `prompts` is a list of non-empty texts or conversations (one string: a batch of one); `latent` is one z
+        `(latent_dim,)` or one per prompt `(len(prompts), latent_dim)`. `generate_kwargs` go to `transformers`'
+        `generate` (sampling, beam search, `num_return_sequences`, ...). Returns the decoded new text,
+        `len(prompts) * num_return_sequences` strings, grouped by prompt.
         """
-        if latent is None:
-            latent = self.latent(context)
+        prompts = as_batch(prompts, "prompts")
+        if not prompts:
+            raise ValueError("`prompts` is empty: there is nothing to generate from.")
+        for i, prompt in enumerate(prompts):
+            check_text(prompt, f"`prompts[{i}]`", allow_empty=False)
+        latent = self._user_latent(context, latent, rows=len(prompts))
         tokenizer = self.tokenizer
         side = tokenizer.padding_side
         tokenizer.padding_side = "left"
@@ -140,8 +151,9 @@ class SteerablePolicy(SteerableModel):
     ) -> torch.Tensor:
         """Sum of log pi(completion | prompt, z) over the completion tokens, `(N,)`; no context and no latent gives the
         population prior's policy."""
-        if latent is None:
-            latent = self.latent(context)
+        check_batch_size(batch_size)
+        prompts, completions = check_texts(prompts, completions, ("prompts", "completions"))
+        latent = self._user_latent(context, latent)
         return self._batched(prompts, completions, self._modulation(latent), batch_size)
 
     def _batched(self, prompts, completions, modulation, batch_size) -> torch.Tensor:
@@ -166,9 +178,9 @@ class SteerablePolicy(SteerableModel):
 
         This is what [`evaluate_few_shot`] compares between chosen and rejected responses.
         """
-        if latent is None:
-            latent = self.latent(context)
-        prompts, responses = list(prompts), list(responses)
+        check_batch_size(batch_size)
+        prompts, responses = check_texts(prompts, responses)
+        latent = self._user_latent(context, latent)
         policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
         return self.fssa_config.beta * (policy - self.reference_log_probs(prompts, responses, batch_size))
 
@@ -200,6 +212,8 @@ class SteerablePolicy(SteerableModel):
         """log pi_ref(y | x) `(N,)`: the base model with adapters (and so modulation) off. It does not depend on the
         user, and the base is frozen, so each (prompt, response) is computed once per instance and then reused (an
         evaluation scores every pair once per context size)."""
+        check_batch_size(batch_size)
+        prompts, responses = check_texts(prompts, responses)
         cache = self.__dict__.setdefault("_reference_cache", {})
         keys = [(repr(p), repr(r)) for p, r in zip(prompts, responses, strict=True)]
         missing = list(dict.fromkeys(k for k in keys if k not in cache))

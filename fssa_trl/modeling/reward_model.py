@@ -22,8 +22,9 @@ from ..data.embeddings import TextEmbedder
 from .config import EmbeddingRewardModelConfig, LoRARewardModelConfig, RewardModelConfig
 from .embedding_model import NPEmbeddingRewardModel
 from .gated_lora import LoRAModulator
+from .inputs import as_batch, as_vectors, check_batch_size, check_texts
 from .np_modules import NPModules
-from .steerable import Context, SteerableModel, embedder_from_config, load_gated_peft_model
+from .steerable import Context, SteerableModel, embedder_from_config, load_gated_peft_model, require_file
 
 
 def reward_input_ids(tokenizer, prompt, response) -> list[int]:
@@ -89,6 +90,18 @@ class SteerableRewardModel(SteerableModel, metaclass=abc.ABCMeta):
     ) -> torch.Tensor:
         """One float reward per (prompt, response) for the user described by `context` (or by `latent`).
 
+        Inputs are checked before anything is scored (a `ValueError` names the argument, the index and the fix):
+
+        - `prompts`, `responses`: lists of one length of text or conversations (lists of `{"role", "content"}`
+          messages), or one string each (a batch of one). A prompt may be `""` (none), and so may a response (a
+          policy can generate an empty completion: it is scored as `prompt + eos`).
+        - `context`: the user's choices, a list of `{"prompt", "chosen", "rejected"}` dicts (or a `Dataset` of
+          them, or a dict of columns), with non-empty `chosen` and `rejected` as in training; other keys are
+          ignored, a misspelt one (`"promt"`) raises. `[]` or `None` (with no `latent`): an unknown user, the
+          population prior. Every pair is used, however many (see [`SteerableModel.latent`]).
+        - `latent` `(latent_dim,)`: the user's z instead of `context` (passing both raises).
+        - `batch_size`: sequences per forward pass, a positive int.
+
         Returns a float32 CPU tensor of shape `(N,)`.
         """
 
@@ -116,11 +129,6 @@ class SteerableRewardModel(SteerableModel, metaclass=abc.ABCMeta):
         from .export import export_user
 
         return export_user(self, output_dir, context, latent, merge, base_model_name_or_path=base_model_name_or_path)
-
-    @staticmethod
-    def _check_lengths(prompts, responses) -> None:
-        if len(prompts) != len(responses):
-            raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
 
     def _token_rewards(
         self, prompts, responses, batch_size: int, gating: Callable[[int], contextlib.AbstractContextManager]
@@ -179,9 +187,9 @@ class SteerableLoRARewardModel(SteerableRewardModel):
 
     @torch.no_grad()
     def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
-        self._check_lengths(prompts, responses)
-        if latent is None:
-            latent = self.latent(context)
+        check_batch_size(batch_size)
+        prompts, responses = check_texts(prompts, responses)
+        latent = self._user_latent(context, latent)
         param = next(self.np_modules.hypernetwork.parameters())
         latent = latent.to(param.device, param.dtype)
 
@@ -214,6 +222,7 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
         if config.context_embedding.source != "precomputed":
             from transformers import AutoTokenizer
 
+            require_file(path, "tokenizer_config.json", "the tokenizer")
             tokenizer = AutoTokenizer.from_pretrained(path)  # the tokenizer the trainer used, saved beside the weights
         if base_model_name_or_path is not None:
             if config.context_embedding.source == "precomputed":
@@ -222,7 +231,11 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
                     "`base_model_name_or_path`. Drop that argument."
                 )
             config.context_embedding.name_or_path = base_model_name_or_path
-        embedder = embedder_from_config(config.context_embedding, tokenizer=tokenizer)
+        fix = (
+            "Pass `base_model_name_or_path=` (in the CLI, `--base-model`): a local copy of the backbone, or a Hub id "
+            "that can be reached (offline: one in the cache)."
+        )
+        embedder = embedder_from_config(config.context_embedding, tokenizer=tokenizer, fix=fix)
         return cls(NPEmbeddingRewardModel(modules), tokenizer, config, embedder)
 
     @property
@@ -231,13 +244,18 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
 
     @torch.no_grad()
     def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
-        self._check_lengths(prompts, responses)
-        if latent is None:
-            latent = self.latent(context)
+        check_batch_size(batch_size)
         if self.embedder is not None:
-            embeddings = self.embed_pairs(prompts, responses)
-        else:  # precomputed: responses are embeddings
-            embeddings = torch.as_tensor(responses, dtype=torch.float32)
+            prompts, responses = check_texts(prompts, responses)
+        else:  # precomputed: responses are `(N, D)` embeddings (prompts only count)
+            prompts = as_batch(prompts, "prompts")
+            responses = as_vectors(responses, self.np_modules.encoder.embedding_dim, "`responses[{i}]`")
+            if len(prompts) != len(responses):
+                raise ValueError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
+            if not prompts:
+                raise ValueError("`prompts` and `responses` are empty: there is nothing to score.")
+        latent = self._user_latent(context, latent)
+        embeddings = self.embed_pairs(prompts, responses) if self.embedder is not None else responses
         param = next(self.model.parameters())
         embeddings = embeddings.to(param.device, param.dtype)
         rewards, _ = self.np_modules.decoder(embeddings, latent.to(param).expand(len(embeddings), -1))
@@ -261,7 +279,9 @@ class ContextFreeRewardModel(SteerableRewardModel):
 
     @torch.no_grad()
     def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
-        self._check_lengths(prompts, responses)
+        """Rewards of the wrapped model; `context` and `latent` are ignored (every user alike)."""
+        check_batch_size(batch_size)
+        prompts, responses = check_texts(prompts, responses)
         return self._token_rewards(prompts, responses, batch_size, lambda n: contextlib.nullcontext())
 
     def latent(self, context: Context = None) -> torch.Tensor:

@@ -1,27 +1,34 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
-"""What steerable reward models and steerable policies share: a user's context set -> latent z, and loading."""
+"""What steerable reward models and steerable policies share: a user's context set -> latent z, saving and loading.
+
+The inputs a caller passes (texts, contexts, latents) are checked by [`fssa_trl.modeling.inputs`].
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from huggingface_hub import CommitInfo
+from huggingface_hub.utils import HFValidationError
 from peft import PeftModel
 from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
-from .config import ContextEmbeddingConfig, GatedLoRAModelConfig, SteerableConfig
+from .config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, GatedLoRAModelConfig, SteerableConfig
 from .gated_lora import gated_lora_config
-from .np_modules import NPModules, load_np_modules, save_np_modules
+from .inputs import Context, check_latent, check_texts, context_pairs
+from .np_modules import NPModules, check_safetensors, load_np_modules, save_np_modules
 
 if TYPE_CHECKING:
     from ..evaluation import FewShotResults
 
-Context = Sequence[dict[str, Any]] | None
+# Weight files that are unpickled on load: never read (see [`require_file`]).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class SteerableModel(nn.Module):
@@ -33,6 +40,11 @@ class SteerableModel(nn.Module):
         tokenizer: its tokenizer (`None` for a frozen-embedding model on precomputed embeddings).
         fssa_config ([`SteerableConfig`]): the saved configuration (`fssa_config.json`).
         embedder ([`TextEmbedder`], *optional*): embeds context texts (`None`: contexts are given as embeddings).
+
+    Attributes:
+        max_context (`int` or `None`): the largest context the model was trained with (the trainer's `max_context`,
+            recorded in `fssa_config.json`; `None` when unknown, e.g. a folder saved before it was recorded). A larger
+            context is still used whole, with one warning per model.
     """
 
     # The saved config this class loads; `from_pretrained` reads it and dispatches on its class.
@@ -59,6 +71,8 @@ class SteerableModel(nn.Module):
         self.fssa_config = fssa_config
         self.embedder = embedder
         self._store = ContextEmbeddingStore(embedder)
+        self.max_context: int | None = getattr(fssa_config, "max_context", None)
+        self._warned_max_context = False
 
     @classmethod
     def from_pretrained(
@@ -71,11 +85,16 @@ class SteerableModel(nn.Module):
         revision: str | None = None,
         token: str | None = None,
     ) -> SteerableModel:
-        """Load a model saved by an NP trainer or by [`save_pretrained`] (`fssa_config.json`, `fssa_np.safetensors`
-        and, for LoRA models, the PEFT adapter and tokenizer), from a folder or a Hub repository. Only safetensors,
-        JSON and the tokenizer's text files are downloaded and read; for LoRA models the base model named in the
-        adapter config is loaded with transformers as usual. The class of the returned model follows the saved
-        `model_type`; a folder of another kind raises an error naming the file and the field.
+        """Load a model saved by an NP trainer or by [`save_pretrained`], from a folder or a Hub repository. The
+        class of the returned model follows the saved `model_type`; a folder of another kind raises an error naming
+        the file and the field.
+
+        What is read: `fssa_config.json` and `fssa_np.safetensors`; for LoRA models `adapter_config.json`,
+        `adapter_model.safetensors` and the tokenizer's files, then the base model named in the adapter config (or
+        `base_model_name_or_path`); for a frozen-embedding model the tokenizer and its backbone (unless trained on
+        precomputed embeddings). Weights are read from safetensors only: a folder or base model with only pickled
+        weights (`.bin`) is refused, never unpickled. A missing, truncated or mismatched file raises an error naming
+        it.
 
         Args:
             pretrained_model_name_or_path (`str`): an output or checkpoint folder, or a Hub repository id.
@@ -96,6 +115,8 @@ class SteerableModel(nn.Module):
         # Each concrete class builds its model in `_from_folder(path, config, modules, base_model_name_or_path, dtype)`.
         target = cls if cls.config_class is type(config) else SteerableModel._loaders[type(config)]
         model = target._from_folder(path, config, modules, base_model_name_or_path, dtype)
+        if isinstance(config, GatedLoRAModelConfig):
+            _check_gates(model.modulator, config, path)
         if device is not None:
             model.model.to(device)
             if model.embedder is not None and model.embedder.model is not model.model:
@@ -190,6 +211,7 @@ class SteerableModel(nn.Module):
 
     def embed_pairs(self, prompts: Sequence, responses: Sequence) -> torch.Tensor:
         """`(N, D)` embeddings e(prompt, response), each distinct text embedded once per model instance."""
+        prompts, responses = check_texts(prompts, responses)
         if self.embedder is None:
             raise ValueError(
                 "This model was trained on precomputed embeddings: give context pairs as dicts with "
@@ -200,68 +222,184 @@ class SteerableModel(nn.Module):
         return self._store.table[indices]
 
     def _context_tensors(self, context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(1, C, D)` chosen and rejected embeddings and the `(1, C)` mask of a checked context."""
         dim = self.np_modules.encoder.embedding_dim
-        if not context:
-            empty = torch.zeros(1, 0, dim)
-            return empty, empty.clone(), torch.zeros(1, 0, dtype=torch.bool)
-        for i, pair in enumerate(context):
-            if not isinstance(pair, dict) or not (
-                {"chosen", "rejected"} <= set(pair) or {"chosen_embedding", "rejected_embedding"} <= set(pair)
-            ):
-                raise ValueError(
-                    f"context[{i}] must be a dict with 'chosen' and 'rejected' (and optionally 'prompt'), or with "
-                    f"'chosen_embedding' and 'rejected_embedding'; got {pair!r}."
-                )
-        if "chosen_embedding" in context[0]:
-            chosen = torch.tensor([p["chosen_embedding"] for p in context], dtype=torch.float32)
-            rejected = torch.tensor([p["rejected_embedding"] for p in context], dtype=torch.float32)
-        else:
-            prompts = [p.get("prompt", "") for p in context]
-            chosen = self.embed_pairs(prompts, [p["chosen"] for p in context])
-            rejected = self.embed_pairs(prompts, [p["rejected"] for p in context])
+        pairs, chosen, rejected = context_pairs(context, dim)
+        if chosen is None:
+            prompts = [p["prompt"] for p in pairs]
+            chosen = self.embed_pairs(prompts, [p["chosen"] for p in pairs]) if pairs else torch.zeros(0, dim)
+            rejected = self.embed_pairs(prompts, [p["rejected"] for p in pairs]) if pairs else torch.zeros(0, dim)
         if chosen.shape[-1] != dim:
             raise ValueError(f"Context embeddings have dimension {chosen.shape[-1]}, the encoder expects {dim}.")
-        return chosen.unsqueeze(0), rejected.unsqueeze(0), torch.ones(1, len(context), dtype=torch.bool)
+        return chosen.unsqueeze(0), rejected.unsqueeze(0), torch.ones(1, len(chosen), dtype=torch.bool)
+
+    def _warn_large_context(self, size: int) -> None:
+        if self.max_context is not None and size > self.max_context and not self._warned_max_context:
+            self._warned_max_context = True
+            warnings.warn(
+                f"The context has {size} pairs, more than the {self.max_context} this model was trained with: all "
+                "are used (the encoder pools a set of any size), but the latent may drift from what training saw. "
+                f"Pass at most {self.max_context} pairs to stay within it.",
+                stacklevel=3,
+            )
 
     @torch.no_grad()
     def latent(self, context: Context = None) -> torch.Tensor:
-        """The user latent z `(latent_dim,)` inferred from `context` (the population prior for `[]` or `None`)."""
+        """The user latent z `(latent_dim,)` inferred from `context` (the population prior for `[]` or `None`).
+
+        `context` is a list of `{"prompt", "chosen", "rejected"}` pairs (or embedding pairs), a `datasets.Dataset` of
+        them, or a dict of columns; it is checked (see [`fssa_trl.modeling.inputs`]) before anything is embedded. Every
+        pair is used, however many: the encoder pools the set (a mean, shrunk mean, sum or attention over pairs), so
+        any size is well defined. A model trained with `max_context` has seen sets of at most that size; when
+        [`max_context`] is set, a larger context is still used whole, with a warning (once per model).
+        """
         encoder = self.np_modules.encoder
         param = next(encoder.parameters())
-        chosen, rejected, mask = (t.to(param.device) for t in self._context_tensors(context))
+        chosen, rejected, mask = self._context_tensors(context)
+        self._warn_large_context(mask.shape[1])
+        chosen, rejected, mask = chosen.to(param.device), rejected.to(param.device), mask.to(param.device)
         return encoder(chosen.to(param.dtype), rejected.to(param.dtype), mask).mean[0]
+
+    def check_latent(self, latent, rows: int | None = None) -> torch.Tensor:
+        """`latent` as a finite float tensor of shape `(latent_dim,)` (or `(rows, latent_dim)`, one per prompt, where
+        `rows` is given); a `ValueError` otherwise."""
+        return check_latent(latent, self.np_modules.encoder.latent_dim, rows)
+
+    def _user_latent(self, context: Context, latent, rows: int | None = None) -> torch.Tensor:
+        """The latent to score or generate at: `latent` (checked) or the latent of `context`, never both."""
+        if latent is None:
+            return self.latent(context)
+        if context is not None:
+            raise ValueError(
+                "Pass either `context` (the user's choices) or `latent` (their z), not both: the context would be "
+                "ignored."
+            )
+        return self.check_latent(latent, rows)
+
+    def suggest_queries(
+        self,
+        candidates: Sequence[Mapping],
+        context: Context = None,
+        k: int = 1,
+        strategy: str = "bald",
+        num_samples: int = 32,
+        seed: int = 0,
+        batch_size: int = 16,
+    ):
+        """The `k` unlabelled candidate pairs to ask this user next, best first (`.indices`, `.scores`), by `"bald"`
+        (needs `latent_type="gaussian"`), `"entropy"` or `"random"`; see [`fssa_trl.active.suggest_queries`]."""
+        from ..active import suggest_queries
+
+        return suggest_queries(self, candidates, context, k, strategy, num_samples, seed, batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def require_file(folder: str, name: str, what: str) -> str:
+    """`<folder>/<name>`, or a `ValueError` naming the folder and the missing file; a pickled file in its place
+    (`adapter_model.bin` for `adapter_model.safetensors`) is refused, never read."""
+    file = os.path.join(folder, name)
+    if os.path.isfile(file):
+        return file
+    stem = name.split(".")[0]
+    pickles = sorted(f for f in os.listdir(folder) if f.startswith(stem) and f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ValueError(
+            f"{folder!r} has {pickles[0]} but no {name} ({what}): fssa_trl reads weights from safetensors only, "
+            "never from pickled files (loading one can run arbitrary code). If you trust the file, convert it: "
+            f"`safetensors.torch.save_file(torch.load({pickles[0]!r}, weights_only=True), {name!r})` in that folder."
+        )
+    raise ValueError(
+        f"{folder!r} has no {name} ({what}): the folder is incomplete (an interrupted save, copy or download?). Save "
+        "or download the model again."
+    )
+
+
+def _only_pickled_weights(folder: str) -> bool:
+    names = os.listdir(folder)
+    return not any(n.endswith(".safetensors") for n in names) and any(n.endswith(PICKLE_SUFFIXES) for n in names)
+
+
+def load_pretrained_model(auto_class, name_or_path: str | None, source: str, fix: str, **kwargs) -> nn.Module:
+    """`auto_class.from_pretrained(name_or_path, use_safetensors=True, **kwargs)`: safetensors weights only. Errors
+    say where the name came from (`source`) and how to give another (`fix`)."""
+    if not name_or_path:
+        raise ValueError(f"No model is named ({source}). {fix}")
+    try:
+        return auto_class.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+    except (OSError, HFValidationError) as error:
+        if os.path.isdir(name_or_path) and _only_pickled_weights(name_or_path):
+            raise ValueError(
+                f"{name_or_path!r} ({source}) holds only pickled weights (.bin): fssa_trl reads safetensors only, "
+                "never pickled files (loading one can run arbitrary code). If you trust it, load it with transformers "
+                "and `save_pretrained` it again (safetensors by default)."
+            ) from error
+        raise OSError(f"Cannot load {name_or_path!r} ({source}): {error}\n{fix}") from error
+
+
+def _check_gates(modulator, config: GatedLoRAModelConfig, path: str) -> None:
+    """The adapter's gated LoRA layers must be those the saved hypernetwork gates."""
+    expected = (config.hypernetwork.num_layers, config.hypernetwork.rank)
+    found = (modulator.num_layers, modulator.rank)
+    if found != expected:
+        raise ValueError(
+            f"{os.path.join(path, FSSA_CONFIG_NAME)}: fields 'hypernetwork.num_layers' and 'hypernetwork.rank' are "
+            f"{expected}, but the adapter in {path!r} has {found[0]} LoRA layers of rank {found[1]}: the files come "
+            "from different models. Save or download the model again."
+        )
 
 
 def embedder_from_config(
-    source: ContextEmbeddingConfig, model: nn.Module | None = None, tokenizer=None
+    source: ContextEmbeddingConfig, model: nn.Module | None = None, tokenizer=None, fix: str | None = None
 ) -> TextEmbedder | None:
     """The context embedder a saved config names: `model` itself for `"base"` (LoRA models), the encoder at
-    `name_or_path` otherwise (for a frozen-embedding model, `"base"` is its backbone), `None` for precomputed."""
+    `name_or_path` otherwise (for a frozen-embedding model, `"base"` is its backbone), `None` for precomputed. An
+    encoder is loaded from safetensors only; `fix` says how to name another when it cannot be loaded."""
     kwargs = dict(pooling=source.pooling, max_length=source.max_length)
     if source.source == "precomputed":
         return None
     if source.source == "base" and model is not None:
         return TextEmbedder(model, tokenizer, **kwargs)
-    return TextEmbedder.from_pretrained(source.name_or_path, tokenizer=tokenizer, **kwargs)
+    from transformers import AutoModel, AutoTokenizer
+
+    where = f"{FSSA_CONFIG_NAME} field 'context_embedding.name_or_path'"
+    fix = fix or "Make it loadable (offline: download it into the Hugging Face cache), or edit that field."
+    encoder = load_pretrained_model(AutoModel, source.name_or_path, where, fix)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(source.name_or_path)
+    return TextEmbedder(encoder.eval().requires_grad_(False), tokenizer, name=source.name_or_path, **kwargs)
+
+
+BASE_MODEL_FIX = (
+    "Pass `base_model_name_or_path=` (in the CLI, `--base-model`): a local copy of the base model, or a Hub id "
+    "that can be reached (offline: one in the cache)."
+)
 
 
 def load_gated_peft_model(
     path: str, auto_class, config: GatedLoRAModelConfig, modules: NPModules, base_model_name_or_path, dtype, **kw
 ):
-    """Base model + gated PEFT adapter + NP modules from a local folder written by an NP trainer (safetensors and
-    JSON); the base model is loaded with transformers from the name or path in the adapter config.
+    """Base model + gated PEFT adapter + NP modules from a local folder written by an NP trainer: `adapter_config.json`,
+    `adapter_model.safetensors` and the tokenizer's files (never a pickle); the base model is loaded with transformers
+    (safetensors only) from `base_model_name_or_path` or the name in the adapter config.
 
     Returns the PEFT model (with `fssa_np` attached), its tokenizer and the context embedder.
     """
     from peft import LoraConfig
     from transformers import AutoTokenizer
 
+    adapter_config = require_file(path, "adapter_config.json", "the PEFT adapter's config")
+    check_safetensors(require_file(path, "adapter_model.safetensors", "the PEFT adapter's weights"))
+    require_file(path, "tokenizer_config.json", "the tokenizer")
     lora_config = gated_lora_config(LoraConfig.from_pretrained(path))
-    base_name = base_model_name_or_path or lora_config.base_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = auto_class.from_pretrained(base_name, dtype=dtype, **kw)
+    if base_model_name_or_path:
+        source = "given as `base_model_name_or_path`"
+    else:
+        source = f"the base model recorded in {adapter_config}, field 'base_model_name_or_path'"
+    base_name = base_model_name_or_path or lora_config.base_model_name_or_path
+    base = load_pretrained_model(auto_class, base_name, source, BASE_MODEL_FIX, dtype=dtype, **kw)
     if tokenizer.pad_token_id is not None:
         base.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    # PEFT would fall back to `adapter_model.bin`; the safetensors file was required above, and PEFT reads it first.
     model = PeftModel.from_pretrained(base, path, adapter_name=config.adapter_name, config=lora_config)
     model.fssa_np = modules.to(next(p.dtype for p in model.parameters() if p.is_floating_point()))
     return model, tokenizer, embedder_from_config(config.context_embedding, model, tokenizer)

@@ -15,7 +15,7 @@ from peft import PeftModel
 from torch import nn
 
 from ..data.embeddings import ContextEmbeddingStore, embedding_dim, make_embedder
-from ..data.episode_dataset import add_text_keys
+from ..data.episode_dataset import add_text_keys, is_episode_dataset
 from ..data.validation import TEXT_KEY_COLUMNS
 from ..modeling.config import HypernetworkConfig, RewardDecoderConfig
 from ..modeling.gated_lora import LoRAModulator, gated_lora_config
@@ -48,13 +48,22 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
 
     # ------------------------------------------------------------------------------------------------ construction
     @classmethod
-    def _np_peft_config(cls, peft_config, args=None, quantization_config=None):
+    def _np_peft_config(cls, peft_config, args=None, quantization_config=None, model=None):
         """The user's LoRA config, copied with the gated layer registered (`None` when the model is a PeftModel).
 
-        Refuses a quantized base model before any weight is loaded: PEFT builds its own LoRA layers for bitsandbytes
-        layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated). Checks the
-        gradient checkpointing TRL will set up for the PEFT model ([`_np_check_checkpointing`]).
+        Refuses, before any weight is loaded, a `model` that is not a `PeftModel` without a `peft_config` (there would
+        be no LoRA layer to gate; TRL's DPOTrainer would first load a second copy as the reference, from the model's
+        name, which an in-memory model does not have), and a quantized base model: PEFT builds its own LoRA layers for
+        bitsandbytes layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated).
+        Checks the gradient checkpointing TRL will set up for the PEFT model ([`_np_check_checkpointing`]).
         """
+        if peft_config is None and model is not None and not isinstance(model, PeftModel):
+            given = f"the model name or path {model!r}" if isinstance(model, str) else f"a `{type(model).__name__}`"
+            raise ValueError(
+                f"{cls.__name__} gates the LoRA layers of a PEFT adapter, but got `peft_config=None` and {given}: pass "
+                "`peft_config=LoraConfig(...)` with the base model (as in the class docstring), or a `PeftModel` as "
+                "`model`."
+            )
         if args is not None:
             cls._np_check_checkpointing(args)
         init_kwargs = getattr(args, "model_init_kwargs", None)
@@ -77,6 +86,8 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             raise ValueError(
                 f"{type(self).__name__} modulates LoRA adapters: pass `peft_config=LoraConfig(...)` with the base model."
             )
+        if self.is_fsdp_enabled:
+            self._np_check_fsdp_version(self.accelerator.state.fsdp_plugin)
         self._np_non_reentrant_checkpointing()
         modulator = LoRAModulator(self.model, "default", head_module=head)
         embedder = make_embedder(
@@ -112,6 +123,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
             context_embedding=self._np_context_embedding_config(args, store),
             hypernetwork=hypernetwork,
             decoder=decoder,
+            max_context=args.max_context,
             **saved_fields,
         )
         dtype = next((p.dtype for p in self.model.parameters() if p.requires_grad), torch.float32)
@@ -119,6 +131,18 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
         self._modulator, self._store = modulator, store
         self._np_zero3_leaf_modules()
         self._np_episode_datasets()
+
+    @staticmethod
+    def _np_check_fsdp_version(fsdp_plugin) -> None:
+        """The LoRA trainers support FSDP2 only (per-parameter sharding: the NP modules run on the root's gathered
+        weights, see `_np_fsdp2_gather_root`); FSDP1's flat parameters are neither supported nor tested."""
+        fsdp_version = getattr(fsdp_plugin, "fsdp_version", None)
+        if fsdp_version != 2:
+            raise ValueError(
+                f"FSDP version {fsdp_version} is not supported by the fssa_trl LoRA trainers: they need FSDP2. Set "
+                "`fsdp_version: 2` in the accelerate config's `fsdp_config` (see "
+                "recipes/accelerate_configs/fsdp2.yaml), or `fsdp_config={'version': 2}` in the training arguments."
+            )
 
     # ----------------------------------------------------------------------------------- gradient checkpointing
     # The gates enter the checkpointed decoder layers from outside the checkpointed function's inputs. Non-reentrant
@@ -205,7 +229,7 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """TRL's tokenization of raw pairs (keeping the texts to embed), then, once the NP modules exist, episodes."""
         columns = dataset.column_names
-        if "target_in_context" in columns:  # already episodes
+        if is_episode_dataset(dataset):  # already episodes
             return dataset
         if "chosen_ids" not in columns and TEXT_KEY_COLUMNS[0] not in columns:  # raw pairs
             if (
@@ -214,7 +238,10 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
                 self._np_check_dataset(args, dataset, dataset_name)
             if args.context_embedding != "precomputed":
                 dataset = add_text_keys(dataset, processing_class)
+            pairs = len(dataset)
             dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+            # TRL's length filter removes pairs (the only rows it removes): counted, and logged with the episodes.
+            self.np_dropped[dataset_name] = {self._np_length_filter: pairs - len(dataset)}
         if self._store is None:  # called from TRL's __init__: episodes are built in `_np_setup`
             return dataset
         return self._np_episodes(dataset, self._store, args, dataset_name, self._np_token_columns)

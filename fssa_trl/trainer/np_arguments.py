@@ -10,6 +10,14 @@ from ..data.embeddings import POOLINGS
 from ..data.episodes import TOO_FEW_PAIRS_POLICIES
 from ..modeling.latent_encoder import AGGREGATIONS, LATENT_TYPES, PAIR_FEATURES
 
+# What each size field counts, for its error (a size of 0 would build an empty layer, or embed nothing).
+POSITIVE_FIELDS = {
+    "encoder_hidden_dim": "the width of the latent encoder's MLPs",
+    "aggregation_num_heads": "the number of attention heads of `aggregation='attention'`",
+    "context_max_length": "the tokens of a text that its context embedding reads",
+    "embedding_batch_size": "the texts embedded per forward pass",
+}
+
 
 @dataclass
 class NPEpisodeArguments:
@@ -18,7 +26,9 @@ class NPEpisodeArguments:
 
     Parameters:
         user_column (`str`, *optional*, defaults to `"user_id"`):
-            Column naming the user (or attribute group) behind each preference pair.
+            Column naming the user (or attribute group) behind each preference pair. User ids are strings or integers
+            (floats pass too), compared as strings: `3` and `"3"` are one user. A missing id (None, NaN or an empty
+            string) raises a `ValueError` naming the rows, as does a column of another type.
         num_targets (`int`, *optional*, defaults to `16`):
             Target pairs T per episode. A batch of `per_device_train_batch_size` episodes holds that many times T
             pairs.
@@ -38,8 +48,10 @@ class NPEpisodeArguments:
             those drawn without it; resuming is still exact. Held-out pairs (`heldout_fraction`) stay out of every
             epoch. Episodes are then drawn while training, one epoch at a time, in every process.
         too_few_pairs (`str`, *optional*, defaults to `"skip"`):
-            What to do with a user who has fewer pairs than one episode needs: `"skip"` (logged with a count),
-            `"replace"` (sample that user's pairs with replacement) or `"error"` (raise before training).
+            What to do with a user who has fewer pairs than one episode needs: `"skip"` (logged with a count, and
+            listed in the trainer's `np_dropped[dataset_name]["users_too_few_pairs"]`), `"replace"` (sample that
+            user's pairs with replacement) or `"error"` (raise before training). Pairs are counted after TRL's length
+            filter (`max_length`), which the LoRA trainers also count in `np_dropped`.
         eval_context_sizes (`list[int]`, *optional*, defaults to `[0, 1, 3, 5, 10]`):
             Context sizes of evaluation episodes; their contexts are disjoint from their targets, and accuracy on
             unseen pairs is logged per size as `eval_accuracy_ctx{C}`.
@@ -66,21 +78,22 @@ class NPEpisodeArguments:
         context_embedding_pooling (`str`, *optional*, defaults to `"mean"`):
             `"mean"` over tokens or `"last"` token of the last hidden state.
         context_max_length (`int`, *optional*, defaults to `256`):
-            Texts are truncated to this many tokens for the context embedding.
+            Texts are truncated to this many tokens for the context embedding (>= 1).
         embedding_batch_size (`int`, *optional*, defaults to `32`):
-            Texts per forward pass when embedding.
+            Texts per forward pass when embedding (>= 1).
         embedding_cache_dir (`str`, *optional*):
             If set, text embeddings also persist on disk there (safetensors) and are reused by later runs.
         latent_dim (`int`, *optional*, defaults to `64`):
-            Dimension of the user latent z.
+            Dimension of the user latent z (>= 0). `0` makes a context-free model: z is empty, so nothing of the
+            context reaches the reward or the policy (the baseline `max_context=0, latent_dim=0` of BENCHMARKS.md).
         encoder_hidden_dim (`int`, *optional*, defaults to `256`):
-            Width of the latent encoder's MLPs.
+            Width of the latent encoder's MLPs (>= 1).
         aggregation (`str`, *optional*, defaults to `"mean"`):
             Set aggregation of the encoder: `"mean"`, `"shrunk_mean"` (sum over n pairs / (n + 1): the mean with one
             pseudo-pair at the empty set, so z moves away from the 0-shot prior as pairs accumulate), `"sum"` or
             `"attention"` (masked self-attention, then mean).
         aggregation_num_heads (`int`, *optional*, defaults to `4`):
-            Attention heads for `aggregation="attention"`.
+            Attention heads for `aggregation="attention"` (>= 1, dividing `encoder_hidden_dim`).
         context_pair_features (`str`, *optional*, defaults to `"concat"`):
             Features of a context pair in the encoder: `"concat"` (the paper's `g([e(chosen), e(rejected)])`) or
             `"difference"` (antisymmetric, `g([c, r, c - r]) - g([r, c, r - c])`: what both responses share cancels,
@@ -119,13 +132,15 @@ class NPEpisodeArguments:
         default="base", metadata={"help": "'base', 'precomputed', or a Hugging Face encoder name or path."}
     )
     context_embedding_pooling: str = field(default="mean", metadata={"help": "'mean' or 'last'."})
-    context_max_length: int = field(default=256, metadata={"help": "Max tokens per embedded text."})
-    embedding_batch_size: int = field(default=32, metadata={"help": "Texts per embedding forward pass."})
+    context_max_length: int = field(default=256, metadata={"help": "Max tokens per embedded text (>= 1)."})
+    embedding_batch_size: int = field(default=32, metadata={"help": "Texts per embedding forward pass (>= 1)."})
     embedding_cache_dir: str | None = field(default=None, metadata={"help": "Persist text embeddings here."})
-    latent_dim: int = field(default=64, metadata={"help": "Dimension of the user latent z."})
-    encoder_hidden_dim: int = field(default=256, metadata={"help": "Width of the latent encoder."})
+    latent_dim: int = field(
+        default=64, metadata={"help": "Dimension of the user latent z (>= 0; 0: a context-free model)."}
+    )
+    encoder_hidden_dim: int = field(default=256, metadata={"help": "Width of the latent encoder (>= 1)."})
     aggregation: str = field(default="mean", metadata={"help": "'mean', 'shrunk_mean', 'sum' or 'attention'."})
-    aggregation_num_heads: int = field(default=4, metadata={"help": "Heads for attention aggregation."})
+    aggregation_num_heads: int = field(default=4, metadata={"help": "Heads for attention aggregation (>= 1)."})
     context_pair_features: str = field(
         default="concat", metadata={"help": "Encoder features of a context pair: 'concat' or 'difference'."}
     )
@@ -185,9 +200,12 @@ class NPEpisodeArguments:
             raise ValueError(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
         for name in ("encoder_hidden_dim", "aggregation_num_heads", "context_max_length", "embedding_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}: {POSITIVE_FIELDS[name]}.")
         if self.latent_dim < 0:
-            raise ValueError(f"`latent_dim` must be >= 0, got {self.latent_dim}.")
+            raise ValueError(
+                f"`latent_dim` must be >= 0, got {self.latent_dim}: it is the dimension of the user latent z (`0` "
+                "makes a context-free model)."
+            )
         if self.aggregation == "attention" and self.encoder_hidden_dim % self.aggregation_num_heads:
             raise ValueError(
                 f"`encoder_hidden_dim` ({self.encoder_hidden_dim}) must be divisible by `aggregation_num_heads` "

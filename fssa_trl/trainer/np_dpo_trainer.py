@@ -39,6 +39,11 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
 
     Other arguments are those of [`~trl.DPOTrainer`].
 
+    Bad input raises a `ValueError` here, before anything is trained (see [`check_preference_dataset`]). TRL removes
+    pairs whose prompt has `max_length` tokens or more (`truncation_mode="keep_start"`); the trainer counts them, and
+    the users then skipped for too few pairs, in [`np_dropped`] (e.g. `trainer.np_dropped["train"]["prompts_too_long"]`)
+    and logs them in one warning per dataset.
+
     Example:
 
     ```python
@@ -60,6 +65,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
     _tag_names = ["trl", "dpo", "fssa-trl", "np-dpo"]
     _name = "NP-DPO"
     _np_token_columns = ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")
+    _np_length_filter = "prompts_too_long"  # what TRL's DPOTrainer filters out: a key of `np_dropped[name]`
 
     def __init__(
         self,
@@ -95,7 +101,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             quantization_config=quantization_config,
-            peft_config=self._np_peft_config(peft_config, args, quantization_config),
+            peft_config=self._np_peft_config(peft_config, args, quantization_config, model),
         )
         self._np_setup(PolicyConfig, beta=args.beta)
 

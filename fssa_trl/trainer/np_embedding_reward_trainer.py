@@ -1,6 +1,7 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import torch
@@ -8,7 +9,7 @@ from datasets import Dataset
 from transformers import AutoModel, AutoTokenizer, Trainer, set_seed
 
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, embedding_dim, make_embedder
-from ..data.episode_dataset import add_text_keys
+from ..data.episode_dataset import add_text_keys, is_episode_dataset
 from ..modeling.config import EmbeddingRewardModelConfig, RewardDecoderConfig
 from ..modeling.embedding_model import NPEmbeddingRewardModel
 from ..modeling.np_modules import NPModules
@@ -45,6 +46,9 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
             every log (`heldout_accuracy_ctx{C}`), with a `MemorisationWarning` if the model memorises its pairs.
         processing_class (*optional*): the backbone's tokenizer (loaded from the backbone when not given).
         callbacks, optimizers, optimizer_cls_and_kwargs: as in [`~transformers.Trainer`].
+
+    Bad input raises a `ValueError` here, before anything is trained (see [`check_preference_dataset`]); the users
+    skipped for too few pairs are counted in [`np_dropped`] and logged in one warning per dataset.
 
     Example:
 
@@ -101,6 +105,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
                 head=args.reward_head,
                 conditioning=args.decoder_conditioning,
             ),
+            max_context=args.max_context,
         )
         set_seed(args.seed)  # as TRL's trainers do before building a model: `seed` fixes the initialisation
         reward_model = NPEmbeddingRewardModel(NPModules.from_config(fssa_config))
@@ -168,7 +173,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
     def _episodes(self, dataset: Dataset, dataset_name: str) -> Dataset:
         """Episodes of a pair dataset (its texts kept to embed, unless the embeddings are precomputed); a dataset of
         episodes passes through."""
-        if "target_in_context" in dataset.column_names:
+        if is_episode_dataset(dataset):
             return dataset
         if self.args.context_embedding != "precomputed":
             dataset = add_text_keys(dataset, self.processing_class)
@@ -209,7 +214,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """As `Trainer.evaluate`; a raw pair dataset passed here becomes evaluation episodes first."""
-        if isinstance(eval_dataset, Dataset) and "target_in_context" not in eval_dataset.column_names:
+        if isinstance(eval_dataset, Dataset) and not is_episode_dataset(eval_dataset):
             precomputed = self.args.context_embedding == "precomputed"
             self._np_check_dataset(self.args, eval_dataset, "eval", text_required=not precomputed)
             eval_dataset = self._episodes(eval_dataset, "eval")
@@ -225,6 +230,14 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         self._np_load(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """`fssa_np.safetensors` is the whole trained model (the Trainer would look for weight files there are not)."""
+        self._np_load(self.state.best_model_checkpoint)
+
+    def _np_checkpoint_layout(self):
+        """No Trainer weights in a checkpoint: `fssa_np.safetensors` is the whole trained model."""
+        return dataclasses.replace(super()._np_checkpoint_layout(), model_weights=False)
 
     def steerable_model(self) -> SteerableEmbeddingRewardModel:
         """The model being trained, as a [`SteerableEmbeddingRewardModel`] (shares weights and embedder)."""

@@ -31,9 +31,14 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
             `heldout_fraction` of each user's training pairs are held out and evaluated at every log
             (`heldout_accuracy_ctx{C}`), with a `MemorisationWarning` when the model memorises its pairs.
         peft_config ([`~peft.LoraConfig`]): the LoRA adapter the hypernetwork gates; the reward head must train
-            (`task_type="SEQ_CLS"` or `modules_to_save=["score"]`).
+            (`task_type="SEQ_CLS"` or `modules_to_save=["score"]`). Required unless `model` is a `PeftModel`.
 
     Other arguments are those of [`~trl.RewardTrainer`].
+
+    Bad input raises a `ValueError` here, before anything is trained (see [`check_preference_dataset`]). TRL removes
+    pairs whose chosen or rejected text is longer than `max_length` tokens; the trainer counts them, and the users
+    then skipped for too few pairs, in [`np_dropped`] (e.g. `trainer.np_dropped["train"]["pairs_too_long"]`) and
+    logs them in one warning per dataset.
 
     Example:
 
@@ -56,6 +61,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
     _tag_names = ["trl", "reward-trainer", "fssa-trl", "np-btl"]
     _name = "NP-BTL Reward"
     _np_token_columns = ("chosen_ids", "rejected_ids", "margin")
+    _np_length_filter = "pairs_too_long"  # what TRL's RewardTrainer filters out: a key of `np_dropped[name]`
 
     def __init__(
         self,
@@ -88,7 +94,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             quantization_config=quantization_config,
-            peft_config=self._np_peft_config(peft_config, args, quantization_config),
+            peft_config=self._np_peft_config(peft_config, args, quantization_config, model),
         )
         head = reward_head_module(self.model)
         if not any(p.requires_grad for p in head.parameters()):

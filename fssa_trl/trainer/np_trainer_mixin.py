@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,26 @@ from torch import nn
 
 from ..data.collator import CONTEXT_KEYS, DataCollatorForContextSets
 from ..data.embeddings import ContextEmbeddingStore
-from ..data.episode_dataset import EPISODE_COLUMNS, RedrawnEpisodes, build_episode_dataset, split_heldout
+from ..data.episode_dataset import (
+    EPISODE_COLUMNS,
+    RedrawnEpisodes,
+    build_episode_dataset,
+    is_episode_dataset,
+    split_heldout,
+)
+from ..data.episodes import DROP_REASONS
 from ..data.validation import check_preference_dataset
 from ..model_card import PAPER, few_shot_metrics, steerable_model_card_of
 from ..modeling.config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
 from ..modeling.np_modules import FSSA_WEIGHTS_NAME, load_np_weights, np_state_dict, save_np_modules
 from .callbacks import HELDOUT_PREFIX, HeldoutEvaluationCallback
+from .checkpoints import (
+    CheckpointLayout,
+    IncompleteCheckpointWarning,
+    incomplete_checkpoint_message,
+    resolve_checkpoint,
+    write_files_atomically,
+)
 from .np_dpo_config import NPDPOConfig
 from .np_embedding_reward_config import NPEmbeddingRewardConfig
 from .np_reward_config import NPRewardConfig
@@ -68,17 +83,17 @@ class NPTrainerMixin:
         )
 
     # ------------------------------------------------------------------------------------------------------ data
-    @staticmethod
-    def _np_check_dataset(args, dataset, dataset_name: str, text_required: bool = True) -> None:
-        check_preference_dataset(
-            dataset, dataset_name, args.user_column, args.context_embedding == "precomputed", text_required
-        )
+    @classmethod
+    def _np_check_dataset(cls, args, dataset, dataset_name: str, text_required: bool = True) -> None:
+        """[`check_preference_dataset`]; `margin` is checked where the trainer's loss reads it."""
+        precomputed, margin_used = args.context_embedding == "precomputed", "margin" in cls._np_token_columns
+        check_preference_dataset(dataset, dataset_name, args.user_column, precomputed, text_required, margin_used)
 
     @classmethod
     def _np_check_datasets(cls, args, train_dataset, eval_dataset, text_required: bool = True) -> None:
         """Validate every dataset before any model is loaded or text embedded."""
         if train_dataset is None:
-            raise ValueError("`train_dataset` is required")
+            raise ValueError(f"`train_dataset` is required: {cls.__name__} trains on preference pairs of users.")
         cls._np_check_dataset(args, train_dataset, "train", text_required)
         eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
         for name, dataset in eval_sets.items():
@@ -90,8 +105,13 @@ class NPTrainerMixin:
     ):
         """Episodes of a (possibly tokenized) pair dataset: training episodes for "train", evaluation ones (at
         `context_sizes`, default `args.eval_context_sizes`) otherwise. For "train" without an `eval_dataset`, the
-        held-out pairs (`heldout_fraction`) are set aside first (see [`_np_hold_out`])."""
+        held-out pairs (`heldout_fraction`) are set aside first (see [`_np_hold_out`]). What is left out (users with
+        too few pairs, after the pairs removed before, e.g. by TRL's length filter) goes to [`np_dropped`], and is
+        logged once."""
         training = dataset_name == "train"
+        # The pairs removed before (by `_prepare_dataset`) stay; the users are counted anew.
+        dropped = {k: v for k, v in self.np_dropped.get(dataset_name, {}).items() if k in DROP_REASONS}
+        self.np_dropped[dataset_name] = dropped
         if training and args.heldout_fraction > 0 and self.eval_dataset is None:
             dataset = self._np_hold_out(dataset, store, args, token_columns)
         return build_episode_dataset(
@@ -109,7 +129,19 @@ class NPTrainerMixin:
             seed=args.seed,
             token_columns=token_columns,
             redraw=training and args.redraw_episodes,
+            dropped=dropped,
         )
+
+    @property
+    def np_dropped(self) -> dict[str, dict[str, Any]]:
+        """What was left out of each dataset's episodes, by dataset name ("train", "eval", "heldout", ...), each also
+        logged once as a warning: `pairs_too_long` (NPRewardTrainer: chosen or rejected longer than `max_length`
+        tokens, which TRL's RewardTrainer filters out) or `prompts_too_long` (NPDPOTrainer: prompts of `max_length`
+        tokens or more, which TRL's DPOTrainer filters out), then `users_too_few_pairs` (the users skipped, under
+        `too_few_pairs="skip"`, for fewer pairs than one episode needs, counted after those removals) and
+        `pairs_of_skipped_users`. For example `{"train": {"pairs_too_long": 3, "users_too_few_pairs": ["C"],
+        "pairs_of_skipped_users": 5}}`."""
+        return self.__dict__.setdefault("_np_dropped", {})
 
     def _np_hold_out(self, dataset, store: ContextEmbeddingStore, args, token_columns=()):
         """The training pairs without the held-out ones. These become `self.heldout_dataset`, evaluation episodes at
@@ -288,7 +320,7 @@ class NPTrainerMixin:
         """As the Trainer's; the trainer's own metrics are logged under `metric_key_prefix` too (e.g.
         `heldout_accuracy_ctx0`), not always under `eval_`."""
         previous = self._np_metric_prefix, self.eval_dataset
-        if isinstance(eval_dataset, Dataset) and "target_in_context" in eval_dataset.column_names:
+        if isinstance(eval_dataset, Dataset) and is_episode_dataset(eval_dataset):
             # Episodes are evaluated as the trainer's own eval set is: passed to TRL's DPOTrainer.evaluate, they
             # would be prepared again (reference log-probs precomputed into columns they already carry).
             self.eval_dataset, eval_dataset = eval_dataset, None
@@ -308,16 +340,77 @@ class NPTrainerMixin:
     def _np_save(self, output_dir: str, state_dict) -> None:
         """Write `fssa_np.safetensors`, `fssa_config.json` and the model card, README.md (main process), after the
         trainer's own files (PEFT's `save_pretrained` writes a card of its own, which ours replaces). `state_dict` is
-        the consolidated one under ZeRO-3 (gathered on every rank by `save_model`), else `None`."""
+        the consolidated one under ZeRO-3 (gathered on every rank by `save_model`), else `None`.
+
+        Each file is written atomically ([`write_files_atomically`]): a crash leaves the old file or the new one, whole.
+        """
         if self.args.should_save:
-            os.makedirs(output_dir, exist_ok=True)
-            save_np_modules(output_dir, np_state_dict(self.model, state_dict), self.fssa_config)
-            self._np_model_card(model_id=self.hub_model_id or self.args.hub_model_id or output_dir).save(
-                os.path.join(output_dir, "README.md")
-            )
+            np_weights = np_state_dict(self.model, state_dict)
+            card = self._np_model_card(model_id=self.hub_model_id or self.args.hub_model_id or output_dir)
+
+            def write(staging: str) -> None:
+                save_np_modules(staging, np_weights, self.fssa_config)
+                card.save(os.path.join(staging, "README.md"))
+
+            write_files_atomically(output_dir, write)
 
     def _np_load(self, checkpoint: str) -> None:
         load_np_weights(self.model.fssa_np, checkpoint)
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end=True`: the Trainer restores only the weight files it knows (the adapter); the NP
+        modules come from the best checkpoint's `fssa_np.safetensors`. DeepSpeed and FSDP restore them with the rest
+        of their own checkpoint."""
+        super()._load_best_model()
+        if not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            self._np_load(self.state.best_model_checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """As the Trainer's, resuming only from a complete checkpoint. `resume_from_checkpoint=True` takes the newest
+        complete `checkpoint-N` of `output_dir`, with an [`IncompleteCheckpointWarning`] naming any newer incomplete
+        one and its bad file (a crash while it was written); a path to an incomplete checkpoint raises a `ValueError`
+        naming the file. See [`checkpoint_problem`] for what a complete checkpoint holds."""
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            resume_from_checkpoint = self._np_resume_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _np_checkpoint_layout(self) -> CheckpointLayout:
+        """What a complete checkpoint of this run holds. Under FSDP with a sharded state dict, `save_model` does not
+        call `_save`: FSDP's own checkpoint holds the NP modules, and there are no `fssa_np.safetensors`."""
+        sharded = self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(
+            self.accelerator.state.fsdp_plugin.state_dict_type
+        )
+        return CheckpointLayout(
+            own_files=() if sharded else (FSSA_WEIGHTS_NAME, FSSA_CONFIG_NAME),
+            training_state=not self.args.save_only_model,
+            engine="deepspeed" if self.is_deepspeed_enabled else "fsdp" if self.is_fsdp_enabled else None,
+        )
+
+    def _np_resume_checkpoint(self, resume_from_checkpoint: str | bool) -> str:
+        """The checkpoint to resume from ([`resolve_checkpoint`]), the same on every process: each checks the files
+        it sees, and processes that disagree (storage not shared, or not whole everywhere) would resume from
+        different steps, so they raise together."""
+        try:
+            path, skipped = resolve_checkpoint(
+                resume_from_checkpoint, self.args.output_dir, self._np_checkpoint_layout()
+            )
+            outcome = path
+        except ValueError as error:
+            path, skipped, outcome = None, [], error
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            seen = sorted(set(gather_object([str(outcome)])))
+            if len(seen) > 1:
+                raise ValueError(
+                    f"The processes disagree on the checkpoint to resume from: {seen}. Every process must see the "
+                    "same, whole checkpoint files (shared storage, or `save_on_each_node=True` with one copy per node)."
+                )
+        if path is None:
+            raise outcome
+        if skipped and self.accelerator.is_main_process:
+            warnings.warn(incomplete_checkpoint_message(path, skipped), IncompleteCheckpointWarning, stacklevel=3)
+        return path
 
     # ------------------------------------------------------------------------------------------------ model card
     def create_model_card(
