@@ -1,6 +1,7 @@
 # Copyright 2026 The fssa_trl developers. Apache-2.0.
 """fssa_trl: few-shot steerable alignment (NP-BTL reward models, NP-DPO policies) on top of TRL and PEFT."""
 
+from .active import OnboardingCurves, QuerySuggestions, simulate_onboarding, suggest_queries
 from .data import DataCollatorForContextSets, users_from_attributes
 from .evaluation import FewShotResults, evaluate_few_shot
 from .hub import push_folder_to_hub
@@ -39,6 +40,8 @@ __all__ = [
     "NPEmbeddingRewardTrainer",
     "NPRewardConfig",
     "NPRewardTrainer",
+    "OnboardingCurves",
+    "QuerySuggestions",
     "RewardModelFunction",
     "SteerableEmbeddingRewardModel",
     "SteerableLoRARewardModel",
@@ -52,6 +55,8 @@ __all__ = [
     "fold_latent_into_lora",
     "gated_lora_config",
     "push_folder_to_hub",
+    "simulate_onboarding",
     "steerable_model_card",
+    "suggest_queries",
     "users_from_attributes",
 ]

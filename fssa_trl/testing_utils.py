@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 from datasets import Dataset
 
 STYLES = ("a", "b")
@@ -77,6 +78,50 @@ def tiny_causal_lm(tokenizer, seed: int = 0, **kwargs):
     return Qwen2ForCausalLM(tiny_qwen2_config(len(tokenizer), **kwargs))
 
 
+def untrained_steerable_model(
+    base, tokenizer, policy: bool = False, target_modules=("q_proj", "v_proj"), latent_dim=4
+):
+    """An untrained steerable LoRA reward model (or, with `policy=True`, policy) on the tiny `base`: gated LoRA r=4 on
+    `target_modules`, a deterministic mean-pooling encoder of the base's own embeddings, no training step. For tests of
+    inputs, saving and loading, not of learning."""
+    from peft import LoraConfig, get_peft_model
+
+    from .modeling import (
+        ContextEmbeddingConfig,
+        HypernetworkConfig,
+        LatentEncoderConfig,
+        LoRARewardModelConfig,
+        NPModules,
+        PolicyConfig,
+        SteerableLoRARewardModel,
+        SteerablePolicy,
+        find_gated_lora_layers,
+        gated_lora_config,
+    )
+    from .modeling.steerable import embedder_from_config
+
+    task = {} if policy else {"task_type": "SEQ_CLS"}
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), **task)
+    peft = get_peft_model(base, gated_lora_config(lora))
+    config = (PolicyConfig if policy else LoRARewardModelConfig)(
+        encoder=LatentEncoderConfig(
+            embedding_dim=base.config.hidden_size,
+            latent_dim=latent_dim,
+            hidden_dim=8,
+            aggregation="mean",
+            latent_type="deterministic",
+            num_heads=2,
+        ),
+        context_embedding=ContextEmbeddingConfig(source="base", max_length=32),
+        hypernetwork=HypernetworkConfig(
+            latent_dim=latent_dim, num_layers=len(find_gated_lora_layers(peft)), rank=4, hidden_dim=8
+        ),
+    )
+    peft.fssa_np = NPModules.from_config(config)
+    embedder = embedder_from_config(config.context_embedding, peft, tokenizer)
+    return (SteerablePolicy if policy else SteerableLoRARewardModel)(peft, tokenizer, config, embedder)
+
+
 def style_preference_dataset(
     pairs_per_user: int,
     num_words: int = 24,
@@ -129,4 +174,52 @@ def style_preference_dataset(
             rows["chosen"].append(sentence(ranking[better], rng.randint(*response_words)))
             rows["rejected"].append(sentence(ranking[worse], rng.randint(*response_words)))
             rows["user_id"].append(user)
+    return Dataset.from_dict(rows)
+
+
+# Eight users: every combination of likes (+1) and dislikes (-1) of three traits.
+TRAIT_USERS = {
+    "".join("+" if s > 0 else "-" for s in signs): np.array(signs, dtype=np.float64)
+    for signs in np.array(np.meshgrid([1, -1], [1, -1], [1, -1], indexing="ij")).reshape(3, -1).T.tolist()
+}
+QUESTION_KINDS = ("trait", "consensus", "tie")
+
+
+def trait_preference_task(
+    pairs_per_user: int, seed: int = 0, kinds: dict[str, float] | None = None, num_traits: int = 3
+) -> Dataset:
+    """A synthetic task where some questions tell users apart and others cannot (for tests and benchmarks of active
+    querying). A response is a vector x of `num_traits + 2` numbers (its own precomputed "embedding"). User u's
+    reward is `w_u . x[:num_traits] + x[num_traits]` (`w_u` in {-1, +1}^3: the eight users of `TRAIT_USERS`); the
+    last coordinate matters to nobody. The two responses of a pair differ along one coordinate only, which sets its
+    kind (drawn with the probabilities `kinds`, default a third each):
+
+    - `"trait"`: one of the traits; half of the users prefer each response, so the answer reveals one sign of w_u.
+    - `"consensus"`: the shared coordinate; every user prefers the same response (the answer reveals nothing).
+    - `"tie"`: the coordinate nobody cares about; every user is indifferent and answers by a fair coin (the answer
+      reveals nothing, and nobody can predict it).
+
+    Returns columns `user_id`, `chosen_embedding`, `rejected_embedding`, `kind`.
+    """
+    if num_traits != 3:
+        raise ValueError("`trait_preference_task` has the eight users of three traits: `num_traits` must be 3.")
+    kinds = kinds or dict.fromkeys(QUESTION_KINDS, 1.0)
+    names = list(kinds)
+    weights = np.array([kinds[k] for k in names], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    rows = {"user_id": [], "chosen_embedding": [], "rejected_embedding": [], "kind": []}
+    for user, w in TRAIT_USERS.items():
+        for _ in range(pairs_per_user):
+            kind = names[rng.choice(len(names), p=weights / weights.sum())]
+            axis = {"trait": rng.integers(num_traits), "consensus": num_traits, "tie": num_traits + 1}[kind]
+            a = rng.normal(size=num_traits + 2)
+            b = a.copy()
+            b[axis] += rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5)
+            reward = np.append(w, [1.0, 0.0])
+            a_wins = reward @ a > reward @ b if kind != "tie" else rng.random() < 0.5
+            chosen, rejected = (a, b) if a_wins else (b, a)
+            rows["user_id"].append(user)
+            rows["chosen_embedding"].append(chosen.tolist())
+            rows["rejected_embedding"].append(rejected.tolist())
+            rows["kind"].append(kind)
     return Dataset.from_dict(rows)

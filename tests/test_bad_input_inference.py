@@ -12,27 +12,24 @@ import warnings
 import pytest
 import torch
 from datasets import Dataset
-from peft import LoraConfig, get_peft_model
 
 from fssa_trl import ContextFreeRewardModel, FewShotResults, evaluate_few_shot
 from fssa_trl.modeling import (
     ContextEmbeddingConfig,
     EmbeddingRewardModelConfig,
-    HypernetworkConfig,
     LatentEncoderConfig,
-    LoRARewardModelConfig,
     NPEmbeddingRewardModel,
     NPModules,
-    PolicyConfig,
     RewardDecoderConfig,
     SteerableEmbeddingRewardModel,
-    SteerableLoRARewardModel,
-    SteerablePolicy,
-    find_gated_lora_layers,
-    gated_lora_config,
 )
-from fssa_trl.modeling.steerable import embedder_from_config
-from fssa_trl.testing_utils import style_preference_dataset, tiny_causal_lm, tiny_reward_model, word_tokenizer
+from fssa_trl.testing_utils import (
+    style_preference_dataset,
+    tiny_causal_lm,
+    tiny_reward_model,
+    untrained_steerable_model,
+    word_tokenizer,
+)
 
 LATENT_DIM, EMBEDDING_DIM = 4, 4
 PAIR = {"prompt": "p1 p2 ", "chosen": "a1 a2", "rejected": "b1 b2"}
@@ -41,39 +38,14 @@ CONTEXT = [
 ]
 
 
-def gated(model, task_type, policy: bool):
-    """An untrained steerable LoRA model (no training step: these tests check inputs, not learning)."""
-    tokenizer = word_tokenizer()
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **task_type)
-    peft = get_peft_model(model, gated_lora_config(lora))
-    config_class = PolicyConfig if policy else LoRARewardModelConfig
-    config = config_class(
-        encoder=LatentEncoderConfig(
-            embedding_dim=32,
-            latent_dim=LATENT_DIM,
-            hidden_dim=8,
-            aggregation="mean",
-            latent_type="deterministic",
-            num_heads=2,
-        ),
-        context_embedding=ContextEmbeddingConfig(source="base", max_length=32),
-        hypernetwork=HypernetworkConfig(
-            latent_dim=LATENT_DIM, num_layers=len(find_gated_lora_layers(peft)), rank=4, hidden_dim=8
-        ),
-    )
-    peft.fssa_np = NPModules.from_config(config)
-    steerable_class = SteerablePolicy if policy else SteerableLoRARewardModel
-    return steerable_class(peft, tokenizer, config, embedder_from_config(config.context_embedding, peft, tokenizer))
-
-
 @pytest.fixture(scope="module")
 def rm():
-    return gated(tiny_reward_model(word_tokenizer()), {"task_type": "SEQ_CLS"}, policy=False).eval()
+    return untrained_steerable_model(tiny_reward_model(word_tokenizer()), word_tokenizer()).eval()
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return gated(tiny_causal_lm(word_tokenizer()), {}, policy=True).eval()
+    return untrained_steerable_model(tiny_causal_lm(word_tokenizer()), word_tokenizer(), policy=True).eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import shutil
 import pytest
 import torch
 from huggingface_hub.utils import filter_repo_objects
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from fssa_trl import SteerableModel, SteerablePolicy, SteerableRewardModel
@@ -20,21 +19,15 @@ from fssa_trl.hub import HUB_ALLOW_PATTERNS
 from fssa_trl.modeling import (
     ContextEmbeddingConfig,
     EmbeddingRewardModelConfig,
-    HypernetworkConfig,
     LatentEncoderConfig,
-    LoRARewardModelConfig,
     NPEmbeddingRewardModel,
     NPModules,
-    PolicyConfig,
     RewardDecoderConfig,
     SteerableEmbeddingRewardModel,
     SteerableLoRARewardModel,
-    find_gated_lora_layers,
-    gated_lora_config,
 )
-from fssa_trl.modeling.steerable import embedder_from_config
 from fssa_trl.rewards import RewardModelFunction
-from fssa_trl.testing_utils import tiny_causal_lm, tiny_reward_model, word_tokenizer
+from fssa_trl.testing_utils import tiny_causal_lm, tiny_reward_model, untrained_steerable_model, word_tokenizer
 
 ENCODER = dict(
     embedding_dim=32, latent_dim=4, hidden_dim=8, aggregation="mean", latent_type="deterministic", num_heads=2
@@ -51,19 +44,7 @@ def save_gated(root, kind: str, target_modules=("q_proj", "v_proj")):
     base = tiny_reward_model(tokenizer) if kind == "rm" else tiny_causal_lm(tokenizer)
     base.save_pretrained(base_dir)
     base.name_or_path = str(base_dir)  # recorded in the adapter config, as for a model loaded from there
-    task = {"task_type": "SEQ_CLS"} if kind == "rm" else {}
-    peft = get_peft_model(
-        base, gated_lora_config(LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), **task))
-    )
-    hypernetwork = HypernetworkConfig(latent_dim=4, num_layers=len(find_gated_lora_layers(peft)), rank=4, hidden_dim=8)
-    config = (LoRARewardModelConfig if kind == "rm" else PolicyConfig)(
-        encoder=LatentEncoderConfig(**ENCODER),
-        context_embedding=ContextEmbeddingConfig(source="base", max_length=32),
-        hypernetwork=hypernetwork,
-    )
-    peft.fssa_np = NPModules.from_config(config)
-    model_class = SteerableLoRARewardModel if kind == "rm" else SteerablePolicy
-    live = model_class(peft, tokenizer, config, embedder_from_config(config.context_embedding, peft, tokenizer))
+    live = untrained_steerable_model(base, tokenizer, policy=kind != "rm", target_modules=target_modules)
     folder = root / kind
     live.save_pretrained(str(folder))
     return live.eval(), folder, base_dir
