@@ -51,21 +51,13 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
     def _np_peft_config(cls, peft_config, args=None, quantization_config=None, model=None):
         """The user's LoRA config, copied with the gated layer registered (`None` when the model is a PeftModel).
 
-        Refuses, before any weight is loaded, a `model` that is not a `PeftModel` without a `peft_config` (there would
-        be no LoRA layer to gate; TRL's DPOTrainer would first load a second copy as the reference, from the model's
-        name, which an in-memory model does not have), and a quantized base model: PEFT builds its own LoRA layers for
-        bitsandbytes layers, which the hypernetwork cannot gate (only `nn.Linear` and `Conv1D` projections are gated).
+        Refuses, before any weight is loaded, a quantized base model (PEFT builds its own LoRA layers for bitsandbytes
+        layers, which the hypernetwork cannot gate: only `nn.Linear` and `Conv1D` projections are gated), then a
+        `model` that is not a `PeftModel` without a `peft_config` (there would be no LoRA layer to gate; TRL's
+        DPOTrainer would first load a second copy as the reference, from the model's name, which an in-memory model
+        does not have).
         Checks the gradient checkpointing TRL will set up for the PEFT model ([`_np_check_checkpointing`]).
         """
-        if peft_config is None and model is not None and not isinstance(model, PeftModel):
-            given = f"the model name or path {model!r}" if isinstance(model, str) else f"a `{type(model).__name__}`"
-            raise ValueError(
-                f"{cls.__name__} gates the LoRA layers of a PEFT adapter, but got `peft_config=None` and {given}: pass "
-                "`peft_config=LoraConfig(...)` with the base model (as in the class docstring), or a `PeftModel` as "
-                "`model`."
-            )
-        if args is not None:
-            cls._np_check_checkpointing(args)
         init_kwargs = getattr(args, "model_init_kwargs", None)
         if quantization_config is None and isinstance(init_kwargs, dict):
             quantization_config = init_kwargs.get("quantization_config")
@@ -76,6 +68,15 @@ class GatedLoRATrainerMixin(NPTrainerMixin):
                 "different LoRA layers on bitsandbytes weights. Load the base model unquantized (for example "
                 "`--dtype bfloat16`) and drop the quantization flags."
             )
+        if peft_config is None and model is not None and not isinstance(model, PeftModel):
+            given = f"the model name or path {model!r}" if isinstance(model, str) else f"a `{type(model).__name__}`"
+            raise ValueError(
+                f"{cls.__name__} gates the LoRA layers of a PEFT adapter, but got `peft_config=None` and {given}: pass "
+                "`peft_config=LoraConfig(...)` with the base model (as in the class docstring), or a `PeftModel` as "
+                "`model`."
+            )
+        if args is not None:
+            cls._np_check_checkpointing(args)
         return None if peft_config is None else gated_lora_config(peft_config)
 
     def _np_setup(self, saved_config_class, head: nn.Module | None = None, **saved_fields) -> None:
