@@ -151,6 +151,12 @@ class TextEmbedder:
             for start in progress:
                 batch = [texts[i] for i in order[start : start + self.batch_size]]
                 ids = [self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in batch]
+                if not all(ids):
+                    blank = batch[[len(x) for x in ids].index(0)]
+                    raise ValueError(
+                        f"The text {blank!r} has no tokens (empty, or only whitespace for this tokenizer): a frozen "
+                        "embedding model cannot embed it. Give a prompt or response with some text."
+                    )
                 input_ids, mask = right_pad(ids, pad_id), right_pad([[1] * len(x) for x in ids])
                 hidden = body(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
                 hidden, mask = hidden.float(), mask.to(hidden.device)

@@ -76,9 +76,15 @@ def _concatenated_text_keys(dataset: Dataset) -> Dataset:
     """[`add_text_keys`] of plain-string columns, concatenated in Arrow batch by batch."""
 
     def keys(batch: pa.Table) -> pa.Table:  # the whole batch: `map` takes a returned Arrow table as the new rows
-        prompt = pc.fill_null(batch["prompt"], "") if "prompt" in batch.column_names else None
+        # One string type for the join: `string` and `large_string` columns (e.g. Parquet written by polars) mix.
+        prompt = pc.fill_null(batch["prompt"], "").cast(pa.large_string()) if "prompt" in batch.column_names else None
         for key, column in zip(TEXT_KEY_COLUMNS, ("chosen", "rejected"), strict=True):
-            text = batch[column] if prompt is None else pc.binary_join_element_wise(prompt, batch[column], "")
+            response = batch[column].cast(pa.large_string())
+            text = (
+                response
+                if prompt is None
+                else pc.binary_join_element_wise(prompt, response, pa.scalar("", pa.large_string()))
+            )
             batch = batch.append_column(key, text)
         return batch
 

@@ -37,6 +37,7 @@ ROWS_SHOWN = 5
 PYTHON_CHECK_BATCH_ROWS = 10_000
 # Values per slice of the NaN / infinity scan (bounds its temporary mask to 16 MB).
 FINITE_CHECK_VALUES = 1 << 24
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger finite float64 is inf in float32
 
 
 def arrow_column(dataset: Dataset, name: str) -> pa.ChunkedArray:
@@ -241,9 +242,51 @@ def _check_users(column: pa.ChunkedArray, user_column: str, dataset_name: str) -
     )
 
 
+def _text_format(kind: pa.DataType) -> str | None:
+    """`"text"` for a string column, `"conversation"` for a list of messages with string `role` and `content`,
+    `None` for anything else (a column of nulls: `"null"`)."""
+    if pa.types.is_null(kind):
+        return "null"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "text"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        message = kind.value_type
+        if pa.types.is_struct(message) and all(
+            message.get_field_index(name) >= 0
+            and (pa.types.is_string(message.field(name).type) or pa.types.is_large_string(message.field(name).type))
+            for name in ("role", "content")
+        ):
+            return "conversation"
+    return None
+
+
+def _check_text_types(dataset, dataset_name: str, columns: list[str]) -> None:
+    """`prompt` / `chosen` / `rejected` are strings, or conversations (lists of `{"role", "content"}` messages), one
+    format for all of them (TRL's standard or conversational format)."""
+    formats = {}
+    for column in columns:
+        kind = dataset.data.schema.field(column).type
+        formats[column] = _text_format(kind)
+        if formats[column] is None:
+            raise ValueError(
+                f"{column!r} of the {dataset_name} dataset must hold text (strings) or conversations (lists of "
+                f"{{'role': str, 'content': str}} messages), got Arrow type {kind}. Convert the column, e.g. "
+                f"`dataset = dataset.map(lambda x: {{{column!r}: str(x[{column!r}])}})` for plain values."
+            )
+    used = {f for f in formats.values() if f != "null"}
+    if len(used) > 1:
+        raise ValueError(
+            f"The {dataset_name} dataset mixes plain text and conversations across {columns}: "
+            f"{ {c: f for c, f in formats.items() if f != 'null'} }. Use one format for 'prompt', 'chosen' and "
+            "'rejected' (TRL's standard or conversational format), e.g. `trl.maybe_apply_chat_template` to turn "
+            "conversations into text."
+        )
+
+
 def _check_texts(dataset, dataset_name: str, columns: list[str]) -> None:
     """No empty `prompt` / `chosen` / `rejected`; the error's fix, `dataset.filter` with [`is_empty`], drops every
     empty row of every format."""
+    _check_text_types(dataset, dataset_name, columns)
     empty = {column: empty_rows(arrow_column(dataset, column)) for column in columns}
     bad = [column for column in columns if empty[column].any()]
     if not bad:
@@ -264,7 +307,9 @@ def _check_margin(column: pa.ChunkedArray, dataset_name: str) -> None:
     masks = []
     for chunk in column.chunks:
         if pa.types.is_floating(chunk.type):
-            masks.append(pc.invert(pc.fill_null(pc.is_finite(chunk), False)).to_numpy(zero_copy_only=False))
+            # Finite in float32, as the loss computes it: 1e39 is finite in float64 and inf there.
+            finite = pc.and_(pc.is_finite(chunk), pc.less_equal(pc.abs(chunk), FLOAT32_MAX))
+            masks.append(pc.invert(pc.fill_null(finite, False)).to_numpy(zero_copy_only=False))
         elif pa.types.is_integer(chunk.type) or pa.types.is_null(chunk.type):
             masks.append(chunk.is_null().to_numpy(zero_copy_only=False))
         else:
@@ -277,7 +322,7 @@ def _check_margin(column: pa.ChunkedArray, dataset_name: str) -> None:
         raise ValueError(
             f"Row {row} of the {dataset_name} dataset has a 'margin' that is not a finite number "
             f"({column[row].as_py()}); {int(bad.sum())} of {len(bad)} rows do (rows {_rows(bad)}). The margin enters "
-            "the loss, so one such row makes the loss, and then every trained weight, NaN. Fix or drop those rows, "
+            "the loss (in float32: at most 3.4e38 in magnitude), so one such row makes the loss, and then every trained weight, NaN. Fix or drop those rows, "
             "e.g. `import math; dataset = dataset.filter(lambda x: x['margin'] is not None and "
             "math.isfinite(x['margin']))`."
         )
@@ -422,7 +467,8 @@ def _check_embedding_columns(dataset, dataset_name: str, columns: set[str]) -> N
         for first_row, chunk, _ in chunks[column]:
             values = _values(chunk, column, dataset_name, first_row, dim)
             for start in range(0, len(values), FINITE_CHECK_VALUES):
-                finite = np.isfinite(values[start : start + FINITE_CHECK_VALUES])
+                block = values[start : start + FINITE_CHECK_VALUES]
+                finite = np.isfinite(block) & (np.abs(block) <= FLOAT32_MAX)  # finite in the float32 table too
                 if not finite.all():
                     row = first_row + (start + int((~finite).argmax())) // dim
                     raise ValueError(

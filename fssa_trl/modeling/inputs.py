@@ -56,9 +56,7 @@ def check_batch_size(batch_size) -> None:
 
 
 def _is_conversation(value) -> bool:
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(m, Mapping) and "role" in m and "content" in m for m in value
-    )
+    return isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value)
 
 
 def _is_empty(value) -> bool:
@@ -83,6 +81,15 @@ def check_text(value, where: str, allow_empty: bool) -> None:
         )
     if not allow_empty and _is_empty(value):
         raise ValueError(f"{where} is empty: a response needs text (training rejects empty responses too).")
+    texts = [value] if isinstance(value, str) else [m["content"] for m in value if isinstance(m["content"], str)]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{where} is not valid Unicode text ({error.reason} at position {error.start}, e.g. a lone surrogate "
+                "from a bad decode): fix its encoding, e.g. `text.encode('utf-8', 'replace').decode('utf-8')`."
+            ) from error
 
 
 def check_pair_format(prompt, response, where: str) -> None:
@@ -118,7 +125,8 @@ def _vector(value) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype == object:  # None (which float32 would turn into NaN) or ragged rows
         raise TypeError(f"not numbers: {array.dtype}")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused as such
+        return array.astype(np.float32)
 
 
 def as_vectors(values, dim: int, row: str) -> torch.Tensor:
@@ -158,8 +166,8 @@ def check_latent(latent, dim: int, rows: int | None = None) -> torch.Tensor:
             f"{latent.dtype} of shape {tuple(latent.shape)}: pass one user's `model.latent(context)`."
         )
     latent = latent if latent.is_floating_point() else latent.float()
-    if not torch.isfinite(latent).all():
-        raise ValueError("`latent` holds NaN or infinite values.")
+    if not torch.isfinite(latent).all() or not torch.isfinite(latent.float()).all():
+        raise ValueError("`latent` holds NaN or infinite values (or values beyond float32's range, 3.4e38).")
     return latent
 
 
@@ -192,6 +200,12 @@ def context_rows(context: Context) -> list:
                 "`context` is a single pair: give a list of pairs, `[pair]`, or a dict of equal-length columns "
                 "({'prompt': [...], 'chosen': [...], 'rejected': [...]})."
             )
+        for key, column in context.items():
+            if isinstance(column, (str, bytes)) or not isinstance(column, Sequence | np.ndarray | torch.Tensor):
+                raise ValueError(
+                    f"`context[{key!r}]` must be a column (a list of one value per pair), got "
+                    f"{type(column).__name__}. {PAIR_KEYS_HELP}"
+                )
         lengths = {key: len(column) for key, column in context.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"The columns of `context` must have one length, got {lengths}.")

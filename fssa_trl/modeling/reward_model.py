@@ -247,6 +247,12 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
         check_batch_size(batch_size)
         if self.embedder is not None:
             prompts, responses = check_texts(prompts, responses)
+            for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+                if not prompt_and_response_have_text(prompt, response):
+                    raise ValueError(
+                        f"`prompts[{i}]` with `responses[{i}]` has no text at all: a frozen-embedding reward model "
+                        "embeds the prompt and response together and cannot embed nothing. Give one of them text."
+                    )
         else:  # precomputed: responses are `(N, D)` embeddings (prompts only count)
             prompts = as_batch(prompts, "prompts")
             responses = as_vectors(responses, self.np_modules.encoder.embedding_dim, "`responses[{i}]`")
@@ -286,3 +292,11 @@ class ContextFreeRewardModel(SteerableRewardModel):
 
     def latent(self, context: Context = None) -> torch.Tensor:
         raise ValueError("A context-free reward model has no latent: it scores every user alike.")
+
+
+def prompt_and_response_have_text(prompt, response) -> bool:
+    """Whether a (prompt, response) holds any non-whitespace text (strings or conversations' contents)."""
+    parts = [prompt, response]
+    texts = [p for p in parts if isinstance(p, str)]
+    texts += [m.get("content") or "" for p in parts if isinstance(p, list) for m in p]
+    return any(isinstance(t, str) and t.strip() for t in texts)
