@@ -3,6 +3,7 @@
 
 from .active import OnboardingCurves, QuerySuggestions, simulate_onboarding, suggest_queries
 from .data import DataCollatorForContextSets, users_from_attributes
+from .data.validation import IdenticalPairsWarning
 from .evaluation import FewShotResults, evaluate_few_shot
 from .hub import push_folder_to_hub
 from .model_card import steerable_model_card
@@ -19,6 +20,7 @@ from .modeling import (
 )
 from .rewards import RewardModelFunction, SteerableRewardFunction
 from .trainer import (
+    IncompleteCheckpointWarning,
     MemorisationWarning,
     NPDPOConfig,
     NPDPOTrainer,
@@ -33,6 +35,8 @@ __all__ = [
     "ContextFreeRewardModel",
     "DataCollatorForContextSets",
     "FewShotResults",
+    "IdenticalPairsWarning",
+    "IncompleteCheckpointWarning",
     "MemorisationWarning",
     "NPDPOConfig",
     "NPDPOTrainer",

@@ -1,4 +1,5 @@
 from .callbacks import HeldoutEvaluationCallback, MemorisationWarning
+from .checkpoints import IncompleteCheckpointWarning
 from .gated_lora_mixin import GatedLoRATrainerMixin
 from .np_arguments import GatedLoRAArguments, NPEpisodeArguments
 from .np_dpo_config import NPDPOConfig
@@ -13,6 +14,7 @@ __all__ = [
     "GatedLoRAArguments",
     "GatedLoRATrainerMixin",
     "HeldoutEvaluationCallback",
+    "IncompleteCheckpointWarning",
     "MemorisationWarning",
     "NPDPOConfig",
     "NPDPOTrainer",
