@@ -9,7 +9,7 @@ dataset) took most of a trainer's construction time."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +71,7 @@ def is_empty(value) -> bool:
     if isinstance(value, str):
         return value.strip() == ""
     if isinstance(value, list):  # conversational: no message, or only empty contents
-        return len(value) == 0 or all(is_empty(m.get("content") if isinstance(m, dict) else m) for m in value)
+        return len(value) == 0 or all(is_empty(m.get("content") if isinstance(m, Mapping) else m) for m in value)
     return False
 
 

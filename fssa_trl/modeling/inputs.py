@@ -28,6 +28,8 @@ import datasets
 import numpy as np
 import torch
 
+from ..data.validation import is_empty
+
 Context = Sequence[Mapping[str, Any]] | Mapping[str, Sequence] | None
 """A user's choices: a list of pairs (or a `datasets.Dataset` of rows), or a dict of equal-length columns."""
 
@@ -59,13 +61,6 @@ def _is_conversation(value) -> bool:
     return isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value)
 
 
-def _is_empty(value) -> bool:
-    """No text: `""` or only whitespace, or a conversation without a message of non-empty content."""
-    if isinstance(value, str):
-        return not value.strip()
-    return all(m["content"] is None or (isinstance(m["content"], str) and not m["content"].strip()) for m in value)
-
-
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -79,7 +74,7 @@ def check_text(value, where: str, allow_empty: bool) -> None:
             f"{where} must be a string or a conversation (a list of {{'role', 'content'}} messages), got "
             f"{type(value).__name__} {_short(value)}."
         )
-    if not allow_empty and _is_empty(value):
+    if not allow_empty and is_empty(value):
         raise ValueError(f"{where} is empty: a response needs text (training rejects empty responses too).")
     texts = [value] if isinstance(value, str) else [m["content"] for m in value if isinstance(m["content"], str)]
     for text in texts:

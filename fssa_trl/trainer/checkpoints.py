@@ -43,6 +43,8 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from ..modeling.np_modules import check_safetensors
+
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # as `get_last_checkpoint` matches them
 # The model weights `Trainer._load_from_checkpoint` resumes from; an index names its shards.
 WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)
@@ -175,13 +177,10 @@ def _file_problem(path: str, unknown_zip_ok: bool = False) -> str | None:
     if not os.path.isfile(path):
         return "is missing"
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
         try:
-            with safe_open(path, framework="pt"):  # reads the header only; refuses one the file does not cover
-                pass
-        except Exception as error:  # SafetensorError, or an OSError
-            return f"is truncated or not a safetensors file ({error})"
+            check_safetensors(path)  # reads the header only; refuses one the file does not cover
+        except ValueError as error:
+            return f"is truncated or not a safetensors file ({error.__cause__})"
     elif path.endswith((".pt", ".pth", ".bin")):
         if unknown_zip_ok and not _starts_like_zip(path):  # another engine's format: not checked
             return None if os.path.getsize(path) else "is empty"
