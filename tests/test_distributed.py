@@ -102,9 +102,8 @@ SETUPS = {
         launch_options=("--num_processes", "2", "--mixed_precision", "no"),
     ),
 }
-# (setup, trainer) pairs launched. Not NP-DPO under DDP (about 30 s): DDP syncs gradients the same way for both
-# trainers, and NP-DPO's equality with one process is checked under ZeRO-2, ZeRO-3 and FSDP2.
-LAUNCHED = [(setup, trainer) for setup in SETUPS for trainer in TRAINERS if (setup, trainer) != ("ddp", "dpo")]
+# (setup, trainer) pairs launched: both trainers under every setup.
+LAUNCHED = [(setup, trainer) for setup in SETUPS for trainer in TRAINERS]
 RESUMED = [(setup, trainer) for setup, trainer in LAUNCHED if setup != "ddp"]  # DDP checkpoints as one process does
 
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from fssa_trl.data import ContextEmbeddingStore, TextEmbedder, embeddings, pair_text
+from fssa_trl.data.embeddings import VectorTable
 from fssa_trl.testing_utils import tiny_reward_model, word_tokenizer
 
 TEXTS = ["p1 a2 a3", "p4 b5", "p1 a2 a3 a4 a5 a6 a7", "b1"]  # different lengths: batches are padded
@@ -209,6 +210,59 @@ def test_distinct_precomputed_vectors_become_the_table_without_a_copy():
     store = ContextEmbeddingStore()
     np.testing.assert_array_equal(store.vector_indices(vectors), np.arange(1000))
     assert np.shares_memory(store.table.numpy(), vectors)
+
+
+def test_vector_table_looks_rows_up_across_blocks():
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((n, 4)).astype(np.float32) for n in (3, 1, 5)]
+    table = VectorTable(blocks)
+    whole = torch.from_numpy(np.concatenate(blocks))
+    index = torch.tensor([[8, 0, 3], [4, 4, 2]])
+    assert len(table) == 9 and table.shape == (9, 4) and table.numel() == 36
+    assert torch.equal(table[index], whole[index])
+    assert torch.equal(table.to_tensor(), whole)
+    np.testing.assert_array_equal(table.hashes(), embeddings._row_hashes(whole.numpy()))
+    with pytest.raises(IndexError, match="9 rows"):
+        table[torch.tensor([9])]
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        table.append(np.zeros((1, 5), dtype=np.float32))
+
+
+def test_memory_mapped_precomputed_embeddings_are_read_in_place(tmp_path):
+    """Precomputed float32 embeddings of a memory-mapped dataset (several Arrow chunks) join the store as views of
+    the Arrow buffers, not copied into one table (issue 9: peak memory); lookups equal a copied table's."""
+    from datasets import Dataset, Features, Sequence, Value, load_from_disk
+
+    from fssa_trl.data.episode_dataset import embedding_indices
+    from fssa_trl.data.validation import embedding_matrix
+
+    rng = np.random.default_rng(0)
+    n = 2500
+    features = Features({name: Sequence(Value("float32")) for name in ("chosen_embedding", "rejected_embedding")})
+    Dataset.from_dict(
+        {name: rng.standard_normal((n, 6)).astype(np.float32).tolist() for name in features}, features=features
+    ).save_to_disk(str(tmp_path / "data"))
+    dataset = load_from_disk(str(tmp_path / "data"))
+    assert dataset.data.column("chosen_embedding").num_chunks > 1
+    store = ContextEmbeddingStore()
+    chosen, rejected = embedding_indices(dataset, store, "train")
+    np.testing.assert_array_equal(np.concatenate([chosen, rejected]), np.arange(2 * n))
+    buffers = [
+        (buffer.address, buffer.address + buffer.size)
+        for name in features
+        for chunk in dataset.data.column(name).chunks
+        for buffer in chunk.flatten().buffers()
+        if buffer is not None
+    ]
+    for block in store.vectors.blocks:  # every block lies inside one of the dataset's own buffers
+        start = block.__array_interface__["data"][0]
+        assert any(low <= start and start + block.nbytes <= high for low, high in buffers)
+    matrix = torch.from_numpy(embedding_matrix(dataset, list(features), "train"))
+    index = torch.from_numpy(rng.integers(0, 2 * n, size=(7, 11)))
+    assert torch.equal(store.vectors[index], matrix[index])
+    assert torch.equal(store.table, matrix)
+    assert embedding_indices(dataset, store, "eval")[0].tolist() == chosen.tolist()  # found again, nothing added
+    assert len(store) == 2 * n
 
 
 def test_store_without_embedder_rejects_texts():

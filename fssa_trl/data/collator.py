@@ -74,7 +74,8 @@ class DataCollatorForContextSets:
       `target_mask` `(B, T)`, for reward decoders on frozen embeddings and for q(z | targets) of a Gaussian latent.
 
     Args:
-        embeddings (`Callable[[], torch.Tensor]`): returns the `(U, D)` table the `*_embedding_index` columns refer to.
+        embeddings (`Callable[[], torch.Tensor]`): returns the `(U, D)` table the `*_embedding_index` columns refer to
+            (a tensor, or a [`~fssa_trl.data.embeddings.VectorTable`], which reads rows without one copy of the table).
         target_collator (`Callable`, *optional*): TRL preference collator for the token columns; `None` when the
             episodes carry no tokens (frozen-embedding reward models; a `margin` column is then collated as `(N,)`).
         include_target_embeddings (`bool`, *optional*, defaults to `False`): also emit the target embedding sets.

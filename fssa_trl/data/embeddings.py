@@ -264,6 +264,101 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(31)
 
 
+class VectorTable:
+    """`(U, D)` float32 rows held as a list of blocks and looked up by global row: the store's table.
+
+    A block is any `(n, D)` float32 NumPy array, including a read-only view of an Arrow column's values: precomputed
+    embeddings of a memory-mapped dataset are read from its pages at lookup time, never copied into one table. Rows
+    are numbered across the blocks in order. Indexing with an integer tensor returns a new `(*index.shape, D)` float32
+    tensor, so it stands in for a `(U, D)` tensor in [`DataCollatorForContextSets`].
+
+    >>> table = VectorTable([np.zeros((2, 3), np.float32), np.ones((1, 3), np.float32)])
+    >>> table[torch.tensor([[2, 0]])].shape, table[torch.tensor([2])].sum().item()
+    (torch.Size([1, 2, 3]), 3.0)
+    """
+
+    dtype = torch.float32
+
+    def __init__(self, blocks: Sequence[np.ndarray] = ()):
+        self.blocks: list[np.ndarray] = []
+        self._rows = 0
+        self._starts_cache: np.ndarray | None = None
+        for block in blocks:
+            self.append(block)
+
+    @property
+    def _starts(self) -> np.ndarray:
+        """First row of each block, then the number of rows."""
+        if self._starts_cache is None:
+            self._starts_cache = np.cumsum([0] + [len(block) for block in self.blocks], dtype=np.int64)
+        return self._starts_cache
+
+    def __len__(self) -> int:
+        return self._rows
+
+    @property
+    def dim(self) -> int | None:
+        return self.blocks[0].shape[-1] if self.blocks else None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.dim or 0))
+
+    def numel(self) -> int:
+        return len(self) * (self.dim or 0)
+
+    def append(self, block: np.ndarray) -> None:
+        if block.ndim != 2 or block.dtype != np.float32:
+            raise ValueError(f"A VectorTable block must be a 2-d float32 array, got {block.dtype} {block.shape}.")
+        if self.dim is not None and block.shape[-1] != self.dim:
+            raise ValueError(f"Embedding dimension mismatch: got {block.shape[-1]}, the store holds {self.dim}.")
+        if len(block):
+            self.blocks.append(block)
+            self._rows += len(block)
+            self._starts_cache = None
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """`(len(rows), D)` float32 copy of the given rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.blocks) == 1:
+            return self.blocks[0][rows]
+        out = np.empty((len(rows), self.dim or 0), dtype=np.float32)
+        block_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for block in np.unique(block_of):
+            where = block_of == block
+            out[where] = self.blocks[block][rows[where] - self._starts[block]]
+        return out
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(f"Row index out of range for a table of {len(self)} rows.")
+        rows = self.take(index.reshape(-1).numpy())
+        return torch.from_numpy(rows).view(*index.shape, self.dim or 0)
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole table as one `(U, D)` tensor: the block itself when there is one writable block, else a copy."""
+        if not self.blocks:
+            return torch.zeros(0, 0)
+        if len(self.blocks) == 1 and self.blocks[0].flags.writeable:
+            return torch.from_numpy(self.blocks[0])
+        return torch.from_numpy(np.concatenate(self.blocks))
+
+    def hashes(self) -> np.ndarray:
+        """[`_row_hashes`] of every row, `HASH_ROWS` rows at a time across the blocks."""
+        out = np.empty(len(self), dtype=np.uint64)
+        for start in range(0, len(self), HASH_ROWS):
+            rows = np.arange(start, min(start + HASH_ROWS, len(self)))
+            block_of = np.searchsorted(self._starts, rows[[0, -1]], side="right") - 1
+            if block_of[0] == block_of[1]:  # within one block: a view
+                first = self._starts[block_of[0]]
+                piece = self.blocks[block_of[0]][rows[0] - first : rows[-1] + 1 - first]
+            else:
+                piece = self.take(rows)
+            out[start : start + len(rows)] = _row_hashes(piece)
+        return out
+
+
 def _row_hashes(vectors: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row's bytes (`(N, D)` float32 -> `(N,)` uint64), vectorised over rows: each 32-bit word
     is xor-ed in, then multiplied and shifted (a multiply-xorshift mix)."""
@@ -280,13 +375,13 @@ def _row_hashes(vectors: np.ndarray) -> np.ndarray:
     return hashes
 
 
-def _rows_equal(a: np.ndarray, a_rows: np.ndarray, b: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
+def _rows_equal(a: VectorTable, a_rows: np.ndarray, b: VectorTable, b_rows: np.ndarray) -> np.ndarray:
     """Whether `a[a_rows[i]]` and `b[b_rows[i]]` have the same bytes, for every i (in chunks of `HASH_ROWS`)."""
     equal = np.empty(len(a_rows), dtype=bool)
-    a_words, b_words = a.view(np.uint32), b.view(np.uint32)
     for start in range(0, len(a_rows), HASH_ROWS):
         end = start + HASH_ROWS
-        equal[start:end] = (a_words[a_rows[start:end]] == b_words[b_rows[start:end]]).all(axis=1)
+        a_words = a.take(a_rows[start:end]).view(np.uint32)
+        equal[start:end] = (a_words == b.take(b_rows[start:end]).view(np.uint32)).all(axis=1)
     return equal
 
 
@@ -318,7 +413,7 @@ class ContextEmbeddingStore:
         self.embedder = embedder
         self.cache_dir = cache_dir
         self.distributed = distributed
-        self._table: torch.Tensor | None = None  # one (U, D) block; new rows are concatenated once per call
+        self._table = VectorTable()  # the distinct embeddings, in blocks (new rows are appended as a block)
         self._index: dict[bytes, int] = {}  # text key -> row
         # Precomputed vectors: the 64-bit hash of each distinct vector's bytes (sorted) and its row. A hash match is
         # confirmed by comparing the vectors, so a collision costs one duplicate row, never a wrong one.
@@ -327,49 +422,60 @@ class ContextEmbeddingStore:
         self._disk: dict[bytes, torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        return 0 if self._table is None else self._table.shape[0]
+        return len(self._table)
 
     @property
     def dim(self) -> int | None:
-        return None if self._table is None else self._table.shape[-1]
+        return self._table.dim
 
     @property
     def table(self) -> torch.Tensor:
-        """`(U, D)` float32 tensor of all distinct embeddings."""
-        return torch.zeros(0, 0) if self._table is None else self._table
+        """`(U, D)` float32 tensor of all distinct embeddings (one tensor: a copy when the store holds several blocks
+        or read-only ones; [`vectors`] looks rows up without one)."""
+        return self._table.to_tensor()
 
-    def _extend(self, block: torch.Tensor) -> int:
-        """Append the rows of `block` (`(n, D)` float32) to the table; returns the row of its first one. A first
-        block becomes the table as it is (no copy)."""
-        if self.dim is not None and block.shape[-1] != self.dim:
-            raise ValueError(f"Embedding dimension mismatch: got {block.shape[-1]}, the store holds {self.dim}.")
+    @property
+    def vectors(self) -> VectorTable:
+        """The distinct embeddings as a [`VectorTable`]: `store.vectors[index]` gathers rows with no copy of the
+        table (the collators' and the steerable models' lookup)."""
+        return self._table
+
+    def _extend(self, block: torch.Tensor | np.ndarray) -> int:
+        """Append the rows of `block` (`(n, D)` float32) to the table; returns the row of its first one. The block is
+        kept as it is (no copy)."""
         first = len(self)
-        if len(block):
-            self._table = block if self._table is None else torch.cat([self._table, block])
+        self._table.append(block.numpy() if isinstance(block, torch.Tensor) else block)
         return first
 
     def add_vectors(self, vectors: torch.Tensor | np.ndarray) -> list[int]:
         """Add precomputed `(N, D)` vectors (deduplicated by their bytes), returning their row indices. New vectors
         get rows in order of first occurrence. Vectorised: a new float32 array whose vectors are all distinct becomes
-        the table without a copy."""
+        part of the table without a copy."""
         return self.vector_indices(vectors).tolist()
 
-    def vector_indices(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
-        """[`add_vectors`], returning the row indices as an `(N,)` int64 array."""
+    def vector_indices(self, vectors: torch.Tensor | np.ndarray | VectorTable) -> np.ndarray:
+        """[`add_vectors`], returning the row indices as an `(N,)` int64 array. `vectors` may also be a
+        [`VectorTable`] (e.g. read-only views of an Arrow column's chunks): when its vectors are all new and distinct,
+        its blocks join the table as they are, so the vectors are never copied."""
         if isinstance(vectors, torch.Tensor):
             vectors = vectors.detach().to(device="cpu", dtype=torch.float32).numpy()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2:
-            raise ValueError(f"Precomputed embeddings must be a 2-d (pairs, dimension) array, got {vectors.shape}.")
-        if self.dim is not None and vectors.shape[-1] != self.dim:
-            raise ValueError(f"Embedding dimension mismatch: got {vectors.shape[-1]}, the store holds {self.dim}.")
-        hashes = _row_hashes(vectors)
+        if not isinstance(vectors, VectorTable):
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2:
+                raise ValueError(
+                    f"Precomputed embeddings must be a 2-d (pairs, dimension) array, got {vectors.shape}."
+                )
+            vectors = VectorTable([vectors]) if len(vectors) else VectorTable()
+        if self.dim is not None and vectors.dim is not None and vectors.dim != self.dim:
+            raise ValueError(f"Embedding dimension mismatch: got {vectors.dim}, the store holds {self.dim}.")
+        hashes = vectors.hashes()
         order = np.argsort(hashes, kind="stable")  # equal hashes: rows in order, the first one first
         sorted_hashes = hashes[order]
         start = len(self)
         if not len(self._vector_hashes) and not (sorted_hashes[1:] == sorted_hashes[:-1]).any():
             # The common case, kept lean at millions of vectors: distinct hashes, so distinct vectors, none stored yet.
-            self._extend(torch.from_numpy(vectors))
+            for block in vectors.blocks:
+                self._extend(block)
             self._vector_hashes, self._vector_rows = sorted_hashes, (order + start if start else order)
             return np.arange(start, start + len(vectors))
         # Each row's first row of equal hash, confirmed by comparing the vectors (a collision: the row stands alone).
@@ -387,11 +493,15 @@ class ContextEmbeddingStore:
         position = np.searchsorted(self._vector_hashes, hashes[heads])
         found = position < len(self._vector_hashes)
         found[found] = self._vector_hashes[position[found]] == hashes[heads[found]]
-        found[found] = _rows_equal(self.table.numpy(), self._vector_rows[position[found]], vectors, heads[found])
+        found[found] = _rows_equal(self._table, self._vector_rows[position[found]], vectors, heads[found])
         rows = np.empty(len(vectors), dtype=np.int64)
         rows[heads[found]] = self._vector_rows[position[found]]
         new = heads[~found]
-        self._extend(torch.from_numpy(vectors if len(new) == len(vectors) else vectors[new]))
+        if len(new) == len(vectors):
+            for block in vectors.blocks:
+                self._extend(block)
+        elif len(new):
+            self._extend(vectors.take(new))  # a copy of the new distinct vectors only
         rows[new] = np.arange(start, start + len(new))
         hashes = np.concatenate([self._vector_hashes, hashes[new]])
         order = np.argsort(hashes, kind="stable")

@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import Sampler
 
-from .embeddings import ContextEmbeddingStore, pair_text
+from .embeddings import ContextEmbeddingStore, VectorTable, pair_text
 from .episodes import (
     Episode,
     EpisodeArrays,
@@ -37,7 +37,7 @@ from .episodes import (
     log_dropped,
     log_skipped,
 )
-from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS, arrow_column, embedding_matrix
+from .validation import EMBEDDING_COLUMNS, TEXT_KEY_COLUMNS, arrow_column, embedding_blocks
 from .validation import EPISODE_COLUMNS as EPISODE_COLUMNS  # defined with the other reserved column names
 
 logger = logging.getLogger(__name__)
@@ -111,11 +111,12 @@ def embedding_indices(
         return _text_indices(store, arrow_column(dataset, TEXT_KEY_COLUMNS[0])), _text_indices(
             store, arrow_column(dataset, TEXT_KEY_COLUMNS[1])
         )
-    # One (2N, D) block, chosen rows then rejected rows: with distinct vectors it becomes the store's table as it is.
-    vectors = embedding_matrix(dataset, EMBEDDING_COLUMNS, dataset_name)
-    if store.dim is not None and vectors.shape[-1] != store.dim:
+    # 2N vectors, chosen rows then rejected rows, as views of the Arrow chunks: with distinct vectors they join the
+    # store's table as they are, so the collator reads them from the dataset's (memory-mapped) pages.
+    vectors = VectorTable(embedding_blocks(dataset, EMBEDDING_COLUMNS, dataset_name))
+    if store.dim is not None and vectors.dim is not None and vectors.dim != store.dim:
         raise ValueError(
-            f"Embedding dimension mismatch: the {dataset_name} dataset's embeddings have dimension {vectors.shape[-1]} "
+            f"Embedding dimension mismatch: the {dataset_name} dataset's embeddings have dimension {vectors.dim} "
             f"but earlier embeddings (and the latent encoder) use {store.dim}. Use one embedding model for all datasets."
         )
     indices = store.vector_indices(vectors)

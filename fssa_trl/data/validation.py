@@ -477,9 +477,10 @@ def _check_embedding_columns(dataset, dataset_name: str, columns: set[str]) -> N
                     )
 
 
-def embedding_matrix(dataset: Dataset, columns: str | Sequence[str], dataset_name: str) -> np.ndarray:
-    """`(N * len(columns), D)` float32 array (a new, writable one) of float-list columns whose vectors have one
-    length: the rows of the first column, then those of the next. Filled in place, chunk by chunk (no second copy)."""
+def embedding_blocks(dataset: Dataset, columns: str | Sequence[str], dataset_name: str) -> list[np.ndarray]:
+    """The vectors of float-list columns of one length as `(n, D)` float32 blocks, one per Arrow chunk: the rows of
+    the first column, then those of the next. A float32 chunk without nulls becomes a read-only view of its Arrow
+    buffer (no copy: a memory-mapped dataset's vectors stay in its pages); other number types are converted."""
     columns = [columns] if isinstance(columns, str) else list(columns)
     parts, dims = [], set()
     for column in columns:
@@ -493,11 +494,23 @@ def embedding_matrix(dataset: Dataset, columns: str | Sequence[str], dataset_nam
             if len(chunk):
                 parts.append((column, first_row, chunk))
     if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
+        return []
     dim = dims.pop()
-    matrix = np.empty((sum(len(chunk) for _, _, chunk in parts), dim), dtype=np.float32)
+    return [
+        _values(chunk, column, dataset_name, first_row, dim).astype(np.float32, copy=False).reshape(len(chunk), dim)
+        for column, first_row, chunk in parts
+    ]
+
+
+def embedding_matrix(dataset: Dataset, columns: str | Sequence[str], dataset_name: str) -> np.ndarray:
+    """`(N * len(columns), D)` float32 array (a new, writable one) of float-list columns whose vectors have one
+    length: the rows of the first column, then those of the next ([`embedding_blocks`] copied into one array)."""
+    blocks = embedding_blocks(dataset, columns, dataset_name)
+    if not blocks:
+        return np.zeros((0, 0), dtype=np.float32)
+    matrix = np.empty((sum(len(block) for block in blocks), blocks[0].shape[-1]), dtype=np.float32)
     row = 0
-    for column, first_row, chunk in parts:
-        matrix[row : row + len(chunk)] = _values(chunk, column, dataset_name, first_row, dim).reshape(len(chunk), dim)
-        row += len(chunk)
+    for block in blocks:
+        matrix[row : row + len(block)] = block
+        row += len(block)
     return matrix

@@ -219,7 +219,7 @@ class SteerableModel(nn.Module):
             )
         texts = [pair_text(p, r, self.tokenizer) for p, r in zip(prompts, responses, strict=True)]
         indices = self._store.add_texts(texts)
-        return self._store.table[indices]
+        return self._store.vectors[indices]
 
     def _context_tensors(self, context: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(1, C, D)` chosen and rejected embeddings and the `(1, C)` mask of a checked context."""

@@ -204,7 +204,7 @@ class NPTrainerMixin:
     @staticmethod
     def _np_collator(store: ContextEmbeddingStore, target_collator, include_target_embeddings: bool):
         return DataCollatorForContextSets(
-            embeddings=lambda: store.table,
+            embeddings=lambda: store.vectors,
             target_collator=target_collator,
             include_target_embeddings=include_target_embeddings,
         )
