@@ -330,7 +330,14 @@ def main(argv=None):
     parser.add_argument("--max_oracle_users", type=int, default=None, help="oracles for the first N users only")
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--np_options",
+        type=json.loads,
+        default={},
+        help="JSON object of NP config fields over NP_OPTIONS, e.g. '{\"context_btl_weight\": 3.0}'",
+    )
     args = parser.parse_args(argv)
+    NP_OPTIONS.update(args.np_options)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -234,7 +234,6 @@ def test_memory_mapped_precomputed_embeddings_are_read_in_place(tmp_path):
     from datasets import Dataset, Features, Sequence, Value, load_from_disk
 
     from fssa_trl.data.episode_dataset import embedding_indices
-    from fssa_trl.data.validation import embedding_matrix
 
     rng = np.random.default_rng(0)
     n = 2500
@@ -257,7 +256,7 @@ def test_memory_mapped_precomputed_embeddings_are_read_in_place(tmp_path):
     for block in store.vectors.blocks:  # every block lies inside one of the dataset's own buffers
         start = block.__array_interface__["data"][0]
         assert any(low <= start and start + block.nbytes <= high for low, high in buffers)
-    matrix = torch.from_numpy(embedding_matrix(dataset, list(features), "train"))
+    matrix = torch.tensor(list(dataset["chosen_embedding"]) + list(dataset["rejected_embedding"]), dtype=torch.float32)
     index = torch.from_numpy(rng.integers(0, 2 * n, size=(7, 11)))
     assert torch.equal(store.vectors[index], matrix[index])
     assert torch.equal(store.table, matrix)

@@ -500,17 +500,3 @@ def embedding_blocks(dataset: Dataset, columns: str | Sequence[str], dataset_nam
         _values(chunk, column, dataset_name, first_row, dim).astype(np.float32, copy=False).reshape(len(chunk), dim)
         for column, first_row, chunk in parts
     ]
-
-
-def embedding_matrix(dataset: Dataset, columns: str | Sequence[str], dataset_name: str) -> np.ndarray:
-    """`(N * len(columns), D)` float32 array (a new, writable one) of float-list columns whose vectors have one
-    length: the rows of the first column, then those of the next ([`embedding_blocks`] copied into one array)."""
-    blocks = embedding_blocks(dataset, columns, dataset_name)
-    if not blocks:
-        return np.zeros((0, 0), dtype=np.float32)
-    matrix = np.empty((sum(len(block) for block in blocks), blocks[0].shape[-1]), dtype=np.float32)
-    row = 0
-    for block in blocks:
-        matrix[row : row + len(block)] = block
-        row += len(block)
-    return matrix
