@@ -416,7 +416,7 @@ def assert_names_the_problem(error: ValueError, names) -> None:
 
 def check_episodes(trainer) -> None:
     """The embedding table is finite and every episode's indices point into it."""
-    table = trainer.data_collator.embeddings()
+    table = trainer.data_collator.embeddings().to_tensor()  # the store's VectorTable as one tensor
     assert table.ndim == 2 and len(table) > 0 and torch.isfinite(table).all()
     assert table.shape[1] == trainer.fssa_config.encoder.embedding_dim
     evals = trainer.eval_dataset.values() if isinstance(trainer.eval_dataset, dict) else [trainer.eval_dataset]

@@ -444,7 +444,9 @@ class ContextEmbeddingStore:
         """Append the rows of `block` (`(n, D)` float32) to the table; returns the row of its first one. The block is
         kept as it is (no copy)."""
         first = len(self)
-        self._table.append(block.numpy() if isinstance(block, torch.Tensor) else block)
+        if isinstance(block, torch.Tensor):
+            block = block.detach().to(device="cpu", dtype=torch.float32).numpy()
+        self._table.append(block)
         return first
 
     def add_vectors(self, vectors: torch.Tensor | np.ndarray) -> list[int]:
