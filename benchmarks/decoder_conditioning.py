@@ -54,6 +54,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import transformers
+import yaml
 from datasets import Dataset, DatasetDict, load_dataset
 
 from fssa_trl import FewShotResults, NPEmbeddingRewardConfig, NPEmbeddingRewardTrainer, evaluate_few_shot
@@ -70,22 +71,27 @@ CONTEXT_SIZES = (0, 1, 3, 5, 10)
 DEFAULT_DATA = os.path.join(ROOT, "fssa_trl", "resources", "default_preferences")
 HH_DATA = os.path.join(ROOT, "..", "shared", "data", "hh_rlhf_relabeled_dpl", "both_test.jsonl.gz")
 HH_PROMPT_CHARS = 500
-# Real-data tasks: the NP-BTL settings of recipes/np_reward/minilm_default.yaml (the main job's), on cached vectors.
-REAL_TRAINING = dict(
-    num_targets=16,
-    min_context=0,
-    max_context=10,
-    episode_passes=8,
-    latent_dim=32,
-    encoder_hidden_dim=128,
-    decoder_hidden_dim=128,
-    num_train_epochs=40,
-    per_device_train_batch_size=8,
-    learning_rate=1e-3,
-    weight_decay=0.01,
-    lr_scheduler_type="cosine",
-    warmup_steps=20,
+# Real-data tasks: the NP-BTL training settings of the main job's recipe (read from it, so the two cannot drift), on
+# cached vectors.
+RECIPE = os.path.join(ROOT, "recipes", "np_reward", "minilm_default.yaml")
+RECIPE_TRAINING_FIELDS = (
+    "num_targets",
+    "min_context",
+    "max_context",
+    "episode_passes",
+    "latent_dim",
+    "encoder_hidden_dim",
+    "decoder_hidden_dim",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_steps",
 )
+with open(RECIPE, encoding="utf-8") as _f:
+    _recipe = yaml.safe_load(_f)
+REAL_TRAINING = {name: _recipe[name] for name in RECIPE_TRAINING_FIELDS}
 REAL_EMBEDDING = {"constructed": dict(max_length=128), "hh": dict(max_length=256)}
 # Evaluation of the real-data tasks: one target per context draw, 5 draws per pair and context size (the test sets
 # hold 86-120 pairs per user, so draws cut the noise of which few pairs form a context).

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
+import yaml
 from datasets import load_dataset
 from trl import TrlParser
 
@@ -64,26 +65,32 @@ SYNTHETIC_TRAINING = dict(
     per_device_train_batch_size=8,
     learning_rate=3e-3,
 )
-# The main job's NP-BTL settings (recipes/np_reward/minilm_default.yaml) with a Gaussian latent, the odd encoder and
-# shrunk-mean aggregation: with the recipe's concat / mean the Gaussian latent collapsed on this data, and with
-# kl_weight 0.01 it collapsed on 2 of 3 seeds (0.001: 3 of 3 trained).
+# The main job's NP-BTL settings, read from its recipe (so the two cannot drift), with a Gaussian latent, the odd
+# encoder and shrunk-mean aggregation: with the recipe's concat / mean the Gaussian latent collapsed on this data, and
+# with kl_weight 0.01 it collapsed on 2 of 3 seeds (0.001: 3 of 3 trained).
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "np_reward", "minilm_default.yaml")
+RECIPE_TRAINING_FIELDS = (
+    "num_targets",
+    "max_context",
+    "episode_passes",
+    "latent_dim",
+    "encoder_hidden_dim",
+    "decoder_hidden_dim",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_steps",
+)
+with open(RECIPE, encoding="utf-8") as f:
+    _recipe = yaml.safe_load(f)
 DEFAULT_TRAINING = dict(
     latent_type="gaussian",
     kl_weight=0.001,
     context_pair_features="difference",
     aggregation="shrunk_mean",
-    num_targets=16,
-    max_context=10,
-    episode_passes=8,
-    latent_dim=32,
-    encoder_hidden_dim=128,
-    decoder_hidden_dim=128,
-    num_train_epochs=40,
-    per_device_train_batch_size=8,
-    learning_rate=1e-3,
-    weight_decay=0.01,
-    lr_scheduler_type="cosine",
-    warmup_steps=20,
+    **{name: _recipe[name] for name in RECIPE_TRAINING_FIELDS},
 )
 # The synthetic task's sizes: training pairs per user, question pool and held-out pairs per user and seed.
 SYNTHETIC_PAIRS = dict(train=150, pool=30, heldout=40)
