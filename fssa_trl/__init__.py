@@ -9,6 +9,7 @@ from .hub import push_folder_to_hub
 from .model_card import steerable_model_card
 from .modeling import (
     ContextFreeRewardModel,
+    PriorCalibration,
     SteerableEmbeddingRewardModel,
     SteerableLoRARewardModel,
     SteerableModel,
@@ -47,6 +48,7 @@ __all__ = [
     "OnboardingCurves",
     "QuerySuggestions",
     "RewardModelFunction",
+    "PriorCalibration",
     "SteerableEmbeddingRewardModel",
     "SteerableLoRARewardModel",
     "SteerableModel",

@@ -6,6 +6,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from fssa_trl.modeling import LatentOutput, NPLatentEncoder, gaussian_kl
+from fssa_trl.modeling.latent_encoder import LATENT_TYPES
 
 D, LATENT, HIDDEN = 6, 4, 16
 AGGREGATIONS = ["mean", "shrunk_mean", "sum", "attention"]
@@ -84,7 +85,26 @@ def test_every_parameter_gets_a_gradient_on_a_batch_of_empty_sets(aggregation, p
     encoder = NPLatentEncoder(D, LATENT, HIDDEN, aggregation=aggregation, num_heads=2, pair_features=pair_features)
     z = encoder(torch.zeros(2, 0, D), torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool)).z
     z.sum().backward()
-    assert [name for name, p in encoder.named_parameters() if p.grad is None] == []
+    assert [name for name, p in encoder.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.mark.parametrize("latent_type", LATENT_TYPES)
+@pytest.mark.parametrize("pair_features", ["concat", "difference"])
+def test_prior_shift_moves_empty_sets_only(latent_type, pair_features):
+    """`prior_shift` (fitted by `calibrate_prior`, never trained) starts at zero, which changes nothing, and then moves
+    the latent of empty sets alone."""
+    encoder = NPLatentEncoder(D, LATENT, HIDDEN, latent_type=latent_type, pair_features=pair_features)
+    assert not encoder.prior_shift.requires_grad and torch.count_nonzero(encoder.prior_shift) == 0
+    chosen, rejected = torch.randn(2, 3, D), torch.randn(2, 3, D)
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # second set empty
+    before = encoder(chosen, rejected, mask)
+    with torch.no_grad():
+        encoder.prior_shift.copy_(torch.arange(LATENT, dtype=torch.float32))
+    after = encoder(chosen, rejected, mask)
+    torch.testing.assert_close(after.mean[0], before.mean[0], rtol=0, atol=0)
+    torch.testing.assert_close(after.mean[1], before.mean[1] + encoder.prior_shift)
+    if latent_type == "gaussian":
+        torch.testing.assert_close(after.std, before.std)
 
 
 def test_sum_is_count_times_mean():

@@ -439,10 +439,11 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     model reads the context for both users within 75 steps of 128 pairs (7.5x the 10 steps plain `RewardTrainer`
     needs on one user alone, `benchmarks/steering.py`).
 
-    At 0 context pairs the model is near indifference in probability (mean P(chosen) about 0.47 for user A, the
-    margins about 0.1 against about 20 with 10 pairs), but on this exactly symmetric task any consistent tilt puts the
-    0-shot *accuracy* near 0 for one user and 1 for the other, so this test bounds the probability (issue 7 asks for
-    <= 65% accuracy at 0; NP-DPO meets that, LoRA NP-BTL does not yet)."""
+    At 0 context pairs the trained model is near indifference in probability (margins about 0.1 against about 20 with
+    10 pairs), but the residual tilt training leaves is larger than the neutral words' effect on the margins, and on
+    this task every pair of A is a pair of B reversed: uncalibrated, the 0-shot accuracy is 0 for one user and 100
+    for the other. Fitting the prior to 512 training pairs (`prior_calibration_pairs`) puts it at <= 65% for each
+    user. Measured: 0-shot 0.0 / 100.0 before, 53.0 / 48.0 after; 100 / 100 at 10 pairs either way."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))
     train = style_preference_dataset(2000, seed=0, **task)
@@ -454,11 +455,13 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
             max_steps=75,  # plain RewardTrainer needs 10 steps of 128 pairs to reach 85% on one user: 7.5x
             logging_steps=25,
             per_device_train_batch_size=8,
+            per_device_eval_batch_size=64,
             context_pair_features="difference",
             aggregation="shrunk_mean",
             context_btl_weight=1.0,
             hypernetwork_init_std=0.01,
             condition_reward_head=True,
+            prior_calibration_pairs=512,
         ),
         train_dataset=train,
         processing_class=tokenizer,
@@ -467,17 +470,9 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     trainer.train()
     results = evaluate_few_shot(trainer, test, context_sizes=(0, 10), num_targets=10, batch_size=50)
     print(results)
-    model = trainer.steerable_model()
     for user in ("A", "B"):
         assert results.accuracy(10, user) >= 0.85, user
-        rows = [r for r in test.to_list() if r["user_id"] == user][:100]
-        prompts = [r["prompt"] for r in rows]
-        margins = model.score(prompts, [r["chosen"] for r in rows]) - model.score(
-            prompts, [r["rejected"] for r in rows]
-        )
-        probability = torch.sigmoid(margins.float()).mean().item()
-        print(user, "0-shot mean P(chosen)", probability)
-        assert 0.35 <= probability <= 0.65, (user, probability)
+        assert results.accuracy(0, user) <= 0.65, user
 
 
 def test_resume_in_the_second_epoch_of_redrawn_episodes_is_exact(tokenizer, data, tmp_path):

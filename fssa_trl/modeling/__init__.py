@@ -32,7 +32,7 @@ from .reward_model import (
     SteerableLoRARewardModel,
     SteerableRewardModel,
 )
-from .steerable import SteerableModel
+from .steerable import PriorCalibration, SteerableModel
 
 __all__ = [
     "ContextEmbeddingConfig",
@@ -58,6 +58,7 @@ __all__ = [
     "SteerableConfig",
     "SteerableEmbeddingRewardModel",
     "SteerableLoRARewardModel",
+    "PriorCalibration",
     "SteerableModel",
     "SteerablePolicy",
     "SteerableRewardModel",

@@ -118,6 +118,9 @@ class NPLatentEncoder(nn.Module):
         self.empty_set = None if self.antisymmetric else nn.Parameter(torch.zeros(hidden_dim))
         out_dim = latent_dim * (2 if latent_type == "gaussian" else 1)
         self.latent_head = mlp(hidden_dim, hidden_dim, out_dim)
+        # Added to an empty set's latent (mean); zero until `SteerableModel.calibrate_prior` fits it. A frozen parameter,
+        # not a buffer: FSDP2 (accelerate's full-state-dict loading) expects every state-dict entry to be sharded.
+        self.prior_shift = nn.Parameter(torch.zeros(latent_dim), requires_grad=False)
 
     @property
     def antisymmetric(self) -> bool:
@@ -202,9 +205,13 @@ class NPLatentEncoder(nn.Module):
             else:
                 (mean, raw_std), (flipped_mean, flipped_std) = hidden.chunk(2, dim=-1), flipped.chunk(2, dim=-1)
                 hidden = torch.cat([mean - flipped_mean, (raw_std + flipped_std) / 2], dim=-1)
+        # The calibrated population prior: `prior_shift` moves the latent of empty sets (adding zero changes nothing).
+        empty = (~mask.to(torch.bool).any(dim=1, keepdim=True)).to(hidden.dtype)  # (B, 1)
         if self.latent_type == "deterministic":
+            hidden = hidden + empty * self.prior_shift.to(hidden.dtype)
             return LatentOutput(z=hidden, mean=hidden)
         mean, raw_std = hidden.chunk(2, dim=-1)
+        mean = mean + empty * self.prior_shift.to(mean.dtype)
         std = 0.01 + 0.99 * nn.functional.softplus(raw_std)  # bounded below, as in the NP literature
         z = mean + std * torch.randn_like(std) if sample else mean
         return LatentOutput(z=z, mean=mean, std=std)

@@ -117,14 +117,20 @@ def check_safetensors(file: str) -> None:
         ) from error
 
 
+PRIOR_SHIFT_KEY = "encoder.prior_shift"
+
+
 def load_np_weights(modules: NPModules, path: str) -> None:
     """Load `<path>/fssa_np.safetensors` into `modules` (strict: every key must match)."""
     file = os.path.join(path, FSSA_WEIGHTS_NAME)
     if not os.path.isfile(file):
         raise ValueError(f"{path!r} has no {FSSA_WEIGHTS_NAME}: the NP modules cannot be restored.")
     check_safetensors(file)
+    state_dict = load_file(file)
+    # Saved before the calibrated prior existed (before 0.2.0): an uncalibrated prior is a zero shift.
+    state_dict.setdefault(PRIOR_SHIFT_KEY, torch.zeros_like(modules.encoder.prior_shift))
     try:
-        modules.load_state_dict(load_file(file))  # copied into the modules' own dtype and device
+        modules.load_state_dict(state_dict)  # copied into the modules' own dtype and device
     except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
         raise RuntimeError(f"{file} does not match {os.path.join(path, FSSA_CONFIG_NAME)}: {error}") from error
 

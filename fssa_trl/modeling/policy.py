@@ -180,7 +180,9 @@ class SteerablePolicy(SteerableModel):
         """
         check_batch_size(batch_size)
         prompts, responses = check_texts(prompts, responses)
-        latent = self._user_latent(context, latent)
+        return self._scores_at(prompts, responses, self._user_latent(context, latent), batch_size)
+
+    def _scores_at(self, prompts, responses, latent: torch.Tensor, batch_size: int) -> torch.Tensor:
         policy = self._batched(prompts, responses, self._modulation(latent), batch_size)
         return self.fssa_config.beta * (policy - self.reference_log_probs(prompts, responses, batch_size))
 

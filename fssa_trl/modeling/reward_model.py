@@ -189,7 +189,9 @@ class SteerableLoRARewardModel(SteerableRewardModel):
     def score(self, prompts, responses, context=None, latent=None, batch_size=16) -> torch.Tensor:
         check_batch_size(batch_size)
         prompts, responses = check_texts(prompts, responses)
-        latent = self._user_latent(context, latent)
+        return self._scores_at(prompts, responses, self._user_latent(context, latent), batch_size)
+
+    def _scores_at(self, prompts, responses, latent: torch.Tensor, batch_size: int) -> torch.Tensor:
         param = next(self.np_modules.hypernetwork.parameters())
         latent = latent.to(param.device, param.dtype)
 
@@ -261,9 +263,15 @@ class SteerableEmbeddingRewardModel(SteerableRewardModel):
             if not prompts:
                 raise ValueError("`prompts` and `responses` are empty: there is nothing to score.")
         latent = self._user_latent(context, latent)
-        embeddings = self.embed_pairs(prompts, responses) if self.embedder is not None else responses
+        return self._scores_at(prompts, self._scoring_inputs(prompts, responses), latent, batch_size)
+
+    def _scoring_inputs(self, prompts, responses):
+        """The `(N, D)` response embeddings: embedded texts, or the given embeddings (precomputed)."""
+        return self.embed_pairs(prompts, responses) if self.embedder is not None else responses
+
+    def _scores_at(self, prompts, responses, latent: torch.Tensor, batch_size: int) -> torch.Tensor:
         param = next(self.model.parameters())
-        embeddings = embeddings.to(param.device, param.dtype)
+        embeddings = responses.to(param.device, param.dtype)
         rewards, _ = self.np_modules.decoder(embeddings, latent.to(param).expand(len(embeddings), -1))
         return rewards.float().cpu()
 

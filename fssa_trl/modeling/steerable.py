@@ -6,6 +6,7 @@ The inputs a caller passes (texts, contexts, latents) are checked by [`fssa_trl.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -21,7 +22,7 @@ from torch import nn
 from ..data.embeddings import ContextEmbeddingStore, TextEmbedder, pair_text
 from .config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, GatedLoRAModelConfig, SteerableConfig
 from .gated_lora import gated_lora_config
-from .inputs import Context, check_latent, check_texts, context_pairs
+from .inputs import Context, check_batch_size, check_latent, check_texts, context_pairs
 from .np_modules import NPModules, check_safetensors, load_np_modules, save_np_modules
 
 if TYPE_CHECKING:
@@ -29,6 +30,23 @@ if TYPE_CHECKING:
 
 # Weight files that are unpickled on load: never read (see [`require_file`]).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@dataclasses.dataclass
+class PriorCalibration:
+    """What [`SteerableModel.calibrate_prior`] did.
+
+    Args:
+        loss_before (`float`): mean negative log-likelihood of the pairs' choices at the empty context, before.
+        loss_after (`float`): the same after fitting.
+        shift_norm (`float`): norm of the fitted `prior_shift` (how far the 0-shot latent moved).
+        num_pairs (`int`): pairs it was fitted on.
+    """
+
+    loss_before: float
+    loss_after: float
+    shift_norm: float
+    num_pairs: int
 
 
 class SteerableModel(nn.Module):
@@ -275,6 +293,96 @@ class SteerableModel(nn.Module):
                 "ignored."
             )
         return self.check_latent(latent, rows)
+
+    def _scoring_inputs(self, prompts: list, responses: list):
+        """What `_scores_at` takes as responses (texts here; embeddings for a frozen-embedding reward model)."""
+        return responses
+
+    def _scores_at(self, prompts, responses, latent: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """`score` at a given latent, on checked inputs, with autograd left as the caller set it: `(N,)` float32 CPU."""
+        raise NotImplementedError(f"{type(self).__name__} has no latent to score at.")
+
+    def calibrate_prior(self, pairs: Context, max_iter: int = 20, batch_size: int = 16) -> PriorCalibration:
+        """Fit the population prior, the latent of an empty context (an unknown user), to `pairs`: choices of many
+        users, in any form `context` takes. The 0-shot latent becomes the one that best explains all these choices
+        together (the largest mean log-likelihood of the BTL choice, or for a policy of DPO's implicit-reward choice):
+        an empirical-Bayes prior. Only `encoder.prior_shift` changes; the latent of any non-empty context, and the other
+        weights, do not. It is saved with the model.
+
+        Training leaves the 0-shot model wherever the last updates from single users' episodes put it. When users
+        disagree, a residual tilt far smaller than the margins a context gives can still decide every 0-shot choice:
+        with two users of opposite tastes, the 0-shot model then sides with one of them on almost every pair. Fitted on
+        pairs balanced across users, the prior sides with the population (for opposite users: with no one).
+
+        Args:
+            pairs: the population's choices, as `context` (texts; embedding pairs for a frozen-embedding model on
+                precomputed embeddings). Give about as many pairs of each user: the prior weighs users as their pairs.
+            max_iter (`int`): L-BFGS iterations (each scores every pair once or a few times).
+            batch_size (`int`): sequences per forward pass.
+
+        Returns:
+            [`PriorCalibration`]: the loss before and after, and the size of the shift.
+        """
+        if self.np_modules is None or self.np_modules.encoder.latent_dim == 0:
+            raise ValueError(f"{type(self).__name__} has no latent: there is no prior to calibrate.")
+        check_batch_size(batch_size)
+        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+            raise ValueError(f"`max_iter` must be a positive int, got {max_iter!r}.")
+        encoder = self.np_modules.encoder
+        text_pairs, chosen, rejected = context_pairs(pairs, encoder.embedding_dim)
+        if chosen is not None and not self.scores_embeddings:
+            raise ValueError(
+                "`pairs` gives embeddings, but this model scores texts: give {'prompt', 'chosen', 'rejected'} pairs."
+            )
+        if chosen is None and self.scores_embeddings:
+            raise ValueError(
+                "This model was trained on precomputed embeddings and scores them: give `pairs` as dicts with "
+                "'chosen_embedding' and 'rejected_embedding' vectors."
+            )
+        prompts = [p["prompt"] for p in text_pairs] if chosen is None else [""] * len(chosen)
+        if not prompts:
+            raise ValueError("`pairs` is empty: the prior is fitted to the choices of a population of users.")
+        if chosen is None:
+            chosen = self._scoring_inputs(prompts, [p["chosen"] for p in text_pairs])
+            rejected = self._scoring_inputs(prompts, [p["rejected"] for p in text_pairs])
+        num_pairs = len(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                base = self.latent(None).float().cpu() - encoder.prior_shift.float().cpu()
+            shift = encoder.prior_shift.detach().float().cpu().clone().requires_grad_(True)
+
+            def objective(with_grad: bool = True) -> torch.Tensor:
+                total, grad = 0.0, torch.zeros_like(shift)
+                for start in range(0, num_pairs, batch_size):
+                    end = min(start + batch_size, num_pairs)
+                    with torch.enable_grad() if with_grad else torch.no_grad():
+                        latent = base + shift
+                        margins = self._scores_at(prompts[start:end], chosen[start:end], latent, batch_size)
+                        margins = margins - self._scores_at(
+                            prompts[start:end], rejected[start:end], latent, batch_size
+                        )
+                        loss = nn.functional.softplus(-margins.double()).sum() / num_pairs
+                        if with_grad:
+                            grad += torch.autograd.grad(loss, shift)[0]
+                    total += loss.item()
+                shift.grad = grad
+                return torch.tensor(total, dtype=torch.float64)
+
+            loss_before = objective(with_grad=False).item()
+            optimizer = torch.optim.LBFGS(
+                [shift], max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12
+            )
+            optimizer.step(objective)
+            loss_after = objective(with_grad=False).item()
+            if not loss_after <= loss_before:  # never worse than where it started
+                return PriorCalibration(loss_before, loss_before, encoder.prior_shift.norm().item(), num_pairs)
+            with torch.no_grad():
+                encoder.prior_shift.copy_(shift.detach().to(encoder.prior_shift))
+        finally:
+            self.model.train(was_training)
+        return PriorCalibration(loss_before, loss_after, encoder.prior_shift.norm().item(), num_pairs)
 
     def suggest_queries(
         self,

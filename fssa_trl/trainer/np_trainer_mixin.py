@@ -28,7 +28,9 @@ from ..data.episodes import DROP_REASONS
 from ..data.validation import check_preference_dataset
 from ..model_card import PAPER, few_shot_metrics, steerable_model_card_of
 from ..modeling.config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
+from ..modeling.inputs import EMBEDDING_KEYS, TEXT_KEYS
 from ..modeling.np_modules import FSSA_WEIGHTS_NAME, load_np_weights, np_state_dict, save_np_modules
+from ..modeling.steerable import PriorCalibration
 from .callbacks import HELDOUT_PREFIX, HeldoutEvaluationCallback
 from .checkpoints import (
     CheckpointLayout,
@@ -370,9 +372,52 @@ class NPTrainerMixin:
         complete `checkpoint-N` of `output_dir`, with an [`IncompleteCheckpointWarning`] naming any newer incomplete
         one and its bad file (a crash while it was written); a path to an incomplete checkpoint raises a `ValueError`
         naming the file. See [`checkpoint_problem`] for what a complete checkpoint holds."""
+        calibrate = self.args.prior_calibration_pairs > 0
+        if calibrate and (self.is_fsdp_enabled or self._np_zero3()):
+            raise ValueError(
+                "`prior_calibration_pairs` fits the 0-shot prior on the whole model in each process, and DeepSpeed "
+                "ZeRO-3 / FSDP shard its weights. Set `prior_calibration_pairs=0`, then calibrate the saved model: "
+                "`SteerableModel.from_pretrained(output_dir).calibrate_prior(pairs)` and `save_pretrained`."
+            )
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self._np_resume_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if calibrate:
+            self.calibrate_prior()
+        return output
+
+    def _np_zero3(self) -> bool:
+        plugin = getattr(self.args, "deepspeed_plugin", None)
+        return plugin is not None and plugin.zero_stage == 3
+
+    def calibrate_prior(self, pairs=None) -> PriorCalibration:
+        """Fit the trained model's 0-shot prior to `pairs` (default: `args.prior_calibration_pairs` training pairs,
+        about as many per user, drawn from `seed`) with [`SteerableModel.calibrate_prior`], and log
+        `prior_calibration_loss_before` / `prior_calibration_loss_after`. `train` calls it when
+        `prior_calibration_pairs > 0`; the next `save_model` saves it."""
+        model = self.steerable_model()
+        if pairs is None:
+            pairs = self._np_calibration_pairs(EMBEDDING_KEYS if model.scores_embeddings else TEXT_KEYS)
+        result = model.calibrate_prior(pairs, batch_size=self.args.per_device_eval_batch_size)
+        self.log(
+            {"prior_calibration_loss_before": result.loss_before, "prior_calibration_loss_after": result.loss_after}
+        )
+        return result
+
+    def _np_calibration_pairs(self, keys: tuple[str, ...]) -> Dataset:
+        """`prior_calibration_pairs` of the raw training pairs (columns `keys` that it has), an equal share per user
+        (all the pairs of a user with fewer), drawn from `seed`."""
+        dataset, args = self._np_train_pairs, self.args
+        rows_of: dict[str, list[int]] = {}
+        for row, user in enumerate(dataset[args.user_column]):
+            rows_of.setdefault(str(user), []).append(row)
+        share = -(-args.prior_calibration_pairs // len(rows_of))
+        generator = torch.Generator().manual_seed(args.seed)
+        rows = []
+        for user in sorted(rows_of):
+            order = torch.randperm(len(rows_of[user]), generator=generator)[:share].tolist()
+            rows.extend(rows_of[user][i] for i in order)
+        return dataset.select(sorted(rows)).select_columns([k for k in keys if k in dataset.column_names])
 
     def _np_checkpoint_layout(self) -> CheckpointLayout:
         """What a complete checkpoint of this run holds. Under FSDP with a sharded state dict, `save_model` does not
