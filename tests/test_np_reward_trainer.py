@@ -442,11 +442,13 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     At 0 context pairs the trained model is near indifference in probability (margins about 0.1 against about 20 with
     10 pairs), but the residual tilt training leaves is larger than the neutral words' effect on the margins, and on
     this task every pair of A is a pair of B reversed: uncalibrated, the 0-shot accuracy is 0 for one user and 100
-    for the other. Fitting the prior to 512 training pairs (`prior_calibration_pairs`) puts it at <= 65% for each
-    user. Measured: 0-shot 0.0 / 100.0 before, 53.0 / 48.0 after; 100 / 100 at 10 pairs either way."""
+    for the other. Fitting the prior after training to 512 pairs set aside from the training set
+    (`prior_calibration_pairs`; 2,256 pairs per user, so 2,000 are trained on) puts it at <= 65% for each user.
+    Measured: 60.0 / 44.5 at 0 and 99.5 / 100 at 10 (set-aside pairs' loss 0.7226 -> 0.6891); uncalibrated, this
+    setting with 2,000 pairs per user gave 0.0 / 100.0 at 0 (BENCHMARKS.md has five seeds either way)."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))
-    train = style_preference_dataset(2000, seed=0, **task)
+    train = style_preference_dataset(2256, seed=0, **task)  # 256 per user set aside for `prior_calibration_pairs`
     test = style_preference_dataset(200, seed=1, **task)
     trainer = NPRewardTrainer(
         model=tiny_reward_model(tokenizer, hidden_size=64),

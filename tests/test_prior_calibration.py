@@ -108,7 +108,7 @@ def test_bad_calibration_input(tokenizer, pairs):
         ContextFreeRewardModel(tiny_reward_model(tokenizer), tokenizer).calibrate_prior(pairs)
 
 
-def test_trainer_calibrates_after_training_on_an_equal_share_per_user(tokenizer, tmp_path):
+def test_trainer_calibrates_on_pairs_set_aside_from_training(tokenizer, tmp_path):
     train = style_preference_dataset(40, seed=0, users={"A": "a", "B": "b", "C": "a"})
     trainer = NPRewardTrainer(
         model=tiny_reward_model(tokenizer),
@@ -131,11 +131,14 @@ def test_trainer_calibrates_after_training_on_an_equal_share_per_user(tokenizer,
         processing_class=tokenizer,
         peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
-    sample = trainer._np_calibration_pairs(("prompt", "chosen", "rejected"))
-    assert sample.column_names == ["prompt", "chosen", "rejected"] and len(sample) == 30
-    chosen_users = {r["chosen"]: r["user_id"] for r in train.to_list()}
-    assert sorted(chosen_users[c] for c in sample["chosen"]) == ["A"] * 10 + ["B"] * 10 + ["C"] * 10
-    assert trainer._np_calibration_pairs(("prompt", "chosen", "rejected"))["chosen"] == sample["chosen"]
+    # Set aside before training: an equal share per user, the same draw for the same seed, none of them trained on.
+    sample = trainer._np_calibration_set
+    assert len(sample) == 30
+    assert sorted(sample["user_id"]) == ["A"] * 10 + ["B"] * 10 + ["C"] * 10
+    rest = trainer._np_set_aside_calibration_pairs(trainer.args, train)
+    assert trainer._np_calibration_set["chosen"] == sample["chosen"]
+    assert len(rest) == 90 and not set(rest["chosen"]) & set(sample["chosen"])
+    trainer._np_calibration_set = sample
 
     trainer.train()
     logged = next(log for log in trainer.state.log_history if "prior_calibration_loss_after" in log)
@@ -178,3 +181,15 @@ def test_embedding_trainer_calibrates_on_precomputed_embeddings(tmp_path):
 def test_negative_calibration_pairs_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="`prior_calibration_pairs` must be >= 0"):
         NPRewardConfig(output_dir=str(tmp_path), use_cpu=True, prior_calibration_pairs=-1)
+
+
+def test_calibration_without_pairs_set_aside(tokenizer, tmp_path):
+    trainer = NPRewardTrainer(
+        model=tiny_reward_model(tokenizer),
+        args=NPRewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, num_targets=8, max_context=4),
+        train_dataset=style_preference_dataset(24, seed=0),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    with pytest.raises(ValueError, match="No pairs were set aside"):
+        trainer.calibrate_prior()

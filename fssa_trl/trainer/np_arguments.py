@@ -105,12 +105,14 @@ class NPEpisodeArguments:
         kl_weight (`float`, *optional*, defaults to `1.0`):
             Weight of KL(q(z | targets) || q(z | context)) for `latent_type="gaussian"`.
         prior_calibration_pairs (`int`, *optional*, defaults to `0`):
-            After training, fit the 0-shot latent (the population prior) to this many training pairs, drawn from
-            `seed` with about as many pairs per user, by [`SteerableModel.calibrate_prior`]; the result is logged as
-            `prior_calibration_loss_before` / `_after` and saved with the model. Training leaves a small tilt in the
-            0-shot model that, when users disagree, can make it side with one of them on nearly every pair; the
-            calibrated prior sides with the population as a whole. `0` (the default) skips it. Under DeepSpeed ZeRO-3
-            or FSDP (sharded weights), calibrate the saved model instead.
+            Set this many pairs aside from the training set (an equal share per user, at most a quarter of any user's
+            pairs, drawn from `seed`) and, after training, fit the 0-shot latent (the population prior) to them with
+            [`SteerableModel.calibrate_prior`]; logged as `prior_calibration_loss_before` / `_after` and saved with
+            the model. Training leaves a small tilt in the 0-shot model that, when users disagree, can make it side
+            with one of them on nearly every pair; the calibrated prior sides with the population as a whole. The
+            pairs are kept out of training because a model that memorised its training pairs explains them with the
+            wrong latent. `0` (the default) skips it. Under DeepSpeed ZeRO-3 or FSDP (sharded weights), calibrate the
+            saved model instead.
     """
 
     user_column: str = field(default="user_id", metadata={"help": "Column naming the user behind each pair."})
@@ -154,7 +156,7 @@ class NPEpisodeArguments:
     latent_type: str = field(default="deterministic", metadata={"help": "'deterministic' or 'gaussian'."})
     kl_weight: float = field(default=1.0, metadata={"help": "KL weight of the NP ELBO (gaussian latent)."})
     prior_calibration_pairs: int = field(
-        default=0, metadata={"help": "Training pairs the 0-shot prior is fitted to after training (0: none)."}
+        default=0, metadata={"help": "Pairs set aside from training to fit the 0-shot prior to afterwards (0: none)."}
     )
 
     def _check_episode_arguments(self) -> None:

@@ -89,7 +89,7 @@ class NPDPOTrainer(GatedLoRATrainerMixin, DPOTrainer):
                 "copy of the weights: pass `ref_model=None`."
             )
         self._np_check_datasets(args, train_dataset, eval_dataset)
-        self._np_train_pairs = train_dataset  # raw pairs, for `prior_calibration_pairs`
+        train_dataset = self._np_set_aside_calibration_pairs(args, train_dataset)
         super().__init__(
             model=model,
             ref_model=None,

@@ -91,7 +91,7 @@ class NPEmbeddingRewardTrainer(NPTrainerMixin, Trainer):
             )
         precomputed = args.context_embedding == "precomputed"
         self._np_check_datasets(args, train_dataset, eval_dataset, text_required=not precomputed)
-        self._np_train_pairs = train_dataset  # raw pairs, for `prior_calibration_pairs`
+        train_dataset = self._np_set_aside_calibration_pairs(args, train_dataset)
         embedder, processing_class = self._frozen_embedder(model, args, processing_class)
         store = ContextEmbeddingStore(embedder, cache_dir=args.embedding_cache_dir, distributed=True)
         dim = embedding_dim(embedder, train_dataset)

@@ -81,7 +81,7 @@ class NPRewardTrainer(GatedLoRATrainerMixin, RewardTrainer):
     ):
         args = self._np_args(args, NPRewardConfig, "np-reward-model")
         self._np_check_datasets(args, train_dataset, eval_dataset)
-        self._np_train_pairs = train_dataset  # raw pairs, for `prior_calibration_pairs`
+        train_dataset = self._np_set_aside_calibration_pairs(args, train_dataset)
         super().__init__(
             model=model,
             args=args,

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
 from datasets import Dataset
@@ -391,33 +392,53 @@ class NPTrainerMixin:
         return plugin is not None and plugin.zero_stage == 3
 
     def calibrate_prior(self, pairs=None) -> PriorCalibration:
-        """Fit the trained model's 0-shot prior to `pairs` (default: `args.prior_calibration_pairs` training pairs,
-        about as many per user, drawn from `seed`) with [`SteerableModel.calibrate_prior`], and log
-        `prior_calibration_loss_before` / `prior_calibration_loss_after`. `train` calls it when
-        `prior_calibration_pairs > 0`; the next `save_model` saves it."""
+        """Fit the trained model's 0-shot prior to `pairs` (default: the `prior_calibration_pairs` pairs set aside from
+        the training set) with [`SteerableModel.calibrate_prior`], and log `prior_calibration_loss_before` /
+        `prior_calibration_loss_after`. `train` calls it when `prior_calibration_pairs > 0`; the next `save_model`
+        saves it."""
         model = self.steerable_model()
         if pairs is None:
-            pairs = self._np_calibration_pairs(EMBEDDING_KEYS if model.scores_embeddings else TEXT_KEYS)
+            if self._np_calibration_set is None:
+                raise ValueError(
+                    "No pairs were set aside to calibrate the prior: set `prior_calibration_pairs`, or pass `pairs` "
+                    "(choices of many users that the model did not train on)."
+                )
+            keys = EMBEDDING_KEYS if model.scores_embeddings else TEXT_KEYS
+            pairs = self._np_calibration_set.select_columns(
+                [k for k in keys if k in self._np_calibration_set.column_names]
+            )
         result = model.calibrate_prior(pairs, batch_size=self.args.per_device_eval_batch_size)
         self.log(
             {"prior_calibration_loss_before": result.loss_before, "prior_calibration_loss_after": result.loss_after}
         )
         return result
 
-    def _np_calibration_pairs(self, keys: tuple[str, ...]) -> Dataset:
-        """`prior_calibration_pairs` of the raw training pairs (columns `keys` that it has), an equal share per user
-        (all the pairs of a user with fewer), drawn from `seed`."""
-        dataset, args = self._np_train_pairs, self.args
+    def _np_set_aside_calibration_pairs(self, args, dataset: Dataset | None) -> Dataset | None:
+        """Remove `prior_calibration_pairs` pairs from the (checked, raw) training set, an equal share per user and at
+        most a quarter of any user's pairs, drawn from `seed`, and keep them as `self._np_calibration_set`: the prior
+        is fitted after training on pairs the model has not seen (on training pairs a model that memorised them
+        explains them with the wrong latent). Returns the training set without them."""
+        self._np_calibration_set = None
+        if dataset is None or args.prior_calibration_pairs == 0:
+            return dataset
         rows_of: dict[str, list[int]] = {}
         for row, user in enumerate(dataset[args.user_column]):
             rows_of.setdefault(str(user), []).append(row)
         share = -(-args.prior_calibration_pairs // len(rows_of))
         generator = torch.Generator().manual_seed(args.seed)
-        rows = []
+        chosen = []
         for user in sorted(rows_of):
-            order = torch.randperm(len(rows_of[user]), generator=generator)[:share].tolist()
-            rows.extend(rows_of[user][i] for i in order)
-        return dataset.select(sorted(rows)).select_columns([k for k in keys if k in dataset.column_names])
+            order = torch.randperm(len(rows_of[user]), generator=generator)[: min(share, len(rows_of[user]) // 4)]
+            chosen.extend(rows_of[user][i] for i in order.tolist())
+        if not chosen:
+            raise ValueError(
+                f"`prior_calibration_pairs={args.prior_calibration_pairs}` found no pairs to set aside: each user gives "
+                "at most a quarter of its pairs, and every user has fewer than 4. Set `prior_calibration_pairs=0`."
+            )
+        keep = np.ones(len(dataset), dtype=bool)
+        keep[chosen] = False
+        self._np_calibration_set = dataset.select(np.flatnonzero(~keep))
+        return dataset.select(np.flatnonzero(keep))
 
     def _np_checkpoint_layout(self) -> CheckpointLayout:
         """What a complete checkpoint of this run holds. Under FSDP with a sharded state dict, `save_model` does not
