@@ -444,7 +444,7 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     this task every pair of A is a pair of B reversed: uncalibrated, the 0-shot accuracy is 0 for one user and 100
     for the other. Fitting the prior after training to 512 pairs set aside from the training set
     (`prior_calibration_pairs`; 2,256 pairs per user, so 2,000 are trained on) puts it at <= 65% for each user.
-    Measured: 60.0 / 44.5 at 0 and 99.5 / 100 at 10 (set-aside pairs' loss 0.7226 -> 0.6891); uncalibrated, this
+    Measured: 51.0 / 51.0 at 0 and 99.5 / 100 at 10 (set-aside pairs' loss 0.7226 -> 0.6816); uncalibrated, this
     setting with 2,000 pairs per user gave 0.0 / 100.0 at 0 (BENCHMARKS.md has five seeds either way)."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))

@@ -302,7 +302,7 @@ class SteerableModel(nn.Module):
         """`score` at a given latent, on checked inputs, with autograd left as the caller set it: `(N,)` float32 CPU."""
         raise NotImplementedError(f"{type(self).__name__} has no latent to score at.")
 
-    def calibrate_prior(self, pairs: Context, max_iter: int = 5, batch_size: int = 16) -> PriorCalibration:
+    def calibrate_prior(self, pairs: Context, max_iter: int = 20, batch_size: int = 16) -> PriorCalibration:
         """Fit the population prior, the latent of an empty context (an unknown user), to `pairs`: choices of many
         users, in any form `context` takes. The 0-shot latent becomes the one that best explains all these choices
         together (the largest mean log-likelihood of the BTL choice, or for a policy of DPO's implicit-reward choice):
@@ -317,9 +317,7 @@ class SteerableModel(nn.Module):
         Args:
             pairs: the population's choices, as `context` (texts; embedding pairs for a frozen-embedding model on
                 precomputed embeddings). Give about as many pairs of each user: the prior weighs users as their pairs.
-            max_iter (`int`): L-BFGS iterations (each scores every pair once or a few times). Few on purpose: the
-                fit starts at the trained prior and should stay near it (with 20, one LoRA NP-BTL seed of five
-                overshot to the other user, BENCHMARKS.md).
+            max_iter (`int`): L-BFGS iterations (each scores every pair once or a few times).
             batch_size (`int`): sequences per forward pass.
 
         Returns:
