@@ -294,13 +294,11 @@ class SteerableModel(nn.Module):
             )
         return self.check_latent(latent, rows)
 
+    # Every model with a latent defines `_scores_at(prompts, responses, latent, batch_size)`: `score` at a given
+    # latent, on checked inputs, with autograd left as the caller set it (`(N,)` float32 CPU).
     def _scoring_inputs(self, prompts: list, responses: list):
         """What `_scores_at` takes as responses (texts here; embeddings for a frozen-embedding reward model)."""
         return responses
-
-    def _scores_at(self, prompts, responses, latent: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """`score` at a given latent, on checked inputs, with autograd left as the caller set it: `(N,)` float32 CPU."""
-        raise NotImplementedError(f"{type(self).__name__} has no latent to score at.")
 
     def calibrate_prior(self, pairs: Context, max_iter: int = 20, batch_size: int = 16) -> PriorCalibration:
         """Fit the population prior, the latent of an empty context (an unknown user), to `pairs`: choices of many
