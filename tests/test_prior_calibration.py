@@ -193,3 +193,25 @@ def test_calibration_without_pairs_set_aside(tokenizer, tmp_path):
     )
     with pytest.raises(ValueError, match="No pairs were set aside"):
         trainer.calibrate_prior()
+
+
+def test_calibration_is_refused_before_training_when_weights_are_sharded(tokenizer, tmp_path):
+    trainer = NPRewardTrainer(
+        model=tiny_reward_model(tokenizer),
+        args=NPRewardConfig(
+            output_dir=str(tmp_path),
+            report_to="none",
+            use_cpu=True,
+            max_steps=1,
+            num_targets=8,
+            max_context=4,
+            prior_calibration_pairs=8,
+        ),
+        train_dataset=style_preference_dataset(24, seed=0),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    trainer.is_fsdp_enabled = True  # as under FSDP: the weights are sharded
+    with pytest.raises(ValueError, match="calibrate the saved model"):
+        trainer.train()
+    assert trainer.state.global_step == 0
