@@ -30,7 +30,13 @@ from ..data.validation import check_preference_dataset
 from ..model_card import PAPER, few_shot_metrics, steerable_model_card_of
 from ..modeling.config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
 from ..modeling.inputs import EMBEDDING_KEYS, TEXT_KEYS
-from ..modeling.np_modules import FSSA_WEIGHTS_NAME, load_np_weights, np_state_dict, save_np_modules
+from ..modeling.np_modules import (
+    FSSA_WEIGHTS_NAME,
+    PRIOR_SHIFT_KEY,
+    load_np_weights,
+    np_state_dict,
+    save_np_modules,
+)
 from ..modeling.steerable import PriorCalibration
 from .callbacks import HELDOUT_PREFIX, HeldoutEvaluationCallback
 from .checkpoints import (
@@ -349,6 +355,10 @@ class NPTrainerMixin:
         """
         if self.args.should_save:
             np_weights = np_state_dict(self.model, state_dict)
+            if PRIOR_SHIFT_KEY not in np_weights:
+                # ZeRO-3's consolidated state dict leaves frozen parameters out. `prior_shift` is zero there: the
+                # calibration that sets it is refused under ZeRO-3 (`train`), so it is written as it is.
+                np_weights[PRIOR_SHIFT_KEY] = torch.zeros(self.model.fssa_np.encoder.latent_dim)
             card = self._np_model_card(model_id=self.hub_model_id or self.args.hub_model_id or output_dir)
 
             def write(staging: str) -> None:
