@@ -39,6 +39,18 @@ def pairs():
     return style_preference_dataset(24, seed=0)
 
 
+def reward_trainer(tokenizer, tmp_path, train, **kwargs):
+    """A tiny `NPRewardTrainer` (LoRA r4 on q/v, 8-target episodes)."""
+    args = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, num_targets=8, max_context=4)
+    return NPRewardTrainer(
+        model=tiny_reward_model(tokenizer),
+        args=NPRewardConfig(**{**args, **kwargs}),
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+
+
 def steered_model(tokenizer, policy: bool):
     """An untrained steerable model whose LoRA B and hypernetwork are random, so that z moves its outputs."""
     base = (tiny_causal_lm if policy else tiny_reward_model)(tokenizer)
@@ -110,26 +122,18 @@ def test_bad_calibration_input(tokenizer, pairs):
 
 def test_trainer_calibrates_on_pairs_set_aside_from_training(tokenizer, tmp_path):
     train = style_preference_dataset(40, seed=0, users={"A": "a", "B": "b", "C": "a"})
-    trainer = NPRewardTrainer(
-        model=tiny_reward_model(tokenizer),
-        args=NPRewardConfig(
-            output_dir=str(tmp_path),
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            save_strategy="no",
-            max_steps=2,
-            num_targets=8,
-            max_context=4,
-            latent_dim=4,
-            encoder_hidden_dim=8,
-            hypernetwork_hidden_dim=8,
-            hypernetwork_init_std=0.01,
-            prior_calibration_pairs=30,
-        ),
-        train_dataset=train,
-        processing_class=tokenizer,
-        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    trainer = reward_trainer(
+        tokenizer,
+        tmp_path,
+        train,
+        disable_tqdm=True,
+        save_strategy="no",
+        max_steps=2,
+        latent_dim=4,
+        encoder_hidden_dim=8,
+        hypernetwork_hidden_dim=8,
+        hypernetwork_init_std=0.01,
+        prior_calibration_pairs=30,
     )
     # Set aside before training: an equal share per user, the same draw for the same seed, none of them trained on.
     sample = trainer._np_calibration_set
@@ -184,34 +188,22 @@ def test_negative_calibration_pairs_are_rejected(tmp_path):
 
 
 def test_calibration_without_pairs_set_aside(tokenizer, tmp_path):
-    trainer = NPRewardTrainer(
-        model=tiny_reward_model(tokenizer),
-        args=NPRewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, num_targets=8, max_context=4),
-        train_dataset=style_preference_dataset(24, seed=0),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    )
+    trainer = reward_trainer(tokenizer, tmp_path, style_preference_dataset(24, seed=0))
     with pytest.raises(ValueError, match="No pairs were set aside"):
         trainer.calibrate_prior()
 
 
 def test_calibration_is_refused_before_training_when_weights_are_sharded(tokenizer, tmp_path):
-    trainer = NPRewardTrainer(
-        model=tiny_reward_model(tokenizer),
-        args=NPRewardConfig(
-            output_dir=str(tmp_path),
-            report_to="none",
-            use_cpu=True,
-            max_steps=1,
-            num_targets=8,
-            max_context=4,
-            prior_calibration_pairs=8,
-        ),
-        train_dataset=style_preference_dataset(24, seed=0),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    trainer = reward_trainer(
+        tokenizer, tmp_path, style_preference_dataset(24, seed=0), max_steps=1, prior_calibration_pairs=8
     )
     trainer.is_fsdp_enabled = True  # as under FSDP: the weights are sharded
     with pytest.raises(ValueError, match="calibrate the saved model"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_fewer_pairs_than_asked_are_set_aside_with_a_warning(tokenizer, tmp_path):
+    with pytest.warns(UserWarning, match=r"set aside 12 pairs, as each user gives at most a quarter"):
+        trainer = reward_trainer(tokenizer, tmp_path, style_preference_dataset(24, seed=0), prior_calibration_pairs=40)
+    assert len(trainer._np_calibration_set) == 12

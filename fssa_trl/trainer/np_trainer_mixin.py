@@ -25,7 +25,7 @@ from ..data.episode_dataset import (
     is_episode_dataset,
     split_heldout,
 )
-from ..data.episodes import DROP_REASONS
+from ..data.episodes import DROP_REASONS, group_rows_by_user
 from ..data.validation import check_preference_dataset
 from ..model_card import PAPER, few_shot_metrics, steerable_model_card_of
 from ..modeling.config import FSSA_CONFIG_NAME, ContextEmbeddingConfig, LatentEncoderConfig, SteerableConfig
@@ -431,9 +431,7 @@ class NPTrainerMixin:
         self._np_calibration_set = None
         if dataset is None or args.prior_calibration_pairs == 0:
             return dataset
-        rows_of: dict[str, list[int]] = {}
-        for row, user in enumerate(dataset[args.user_column]):
-            rows_of.setdefault(str(user), []).append(row)
+        rows_of = group_rows_by_user(dataset[args.user_column])
         share = -(-args.prior_calibration_pairs // len(rows_of))
         generator = torch.Generator().manual_seed(args.seed)
         chosen = []
@@ -444,6 +442,12 @@ class NPTrainerMixin:
             raise ValueError(
                 f"`prior_calibration_pairs={args.prior_calibration_pairs}` found no pairs to set aside: each user gives "
                 "at most a quarter of its pairs, and every user has fewer than 4. Set `prior_calibration_pairs=0`."
+            )
+        if len(chosen) < args.prior_calibration_pairs:
+            warnings.warn(
+                f"`prior_calibration_pairs={args.prior_calibration_pairs}`: set aside {len(chosen)} pairs, as each "
+                "user gives at most a quarter of its pairs. Lower `prior_calibration_pairs` to silence this.",
+                stacklevel=3,
             )
         keep = np.ones(len(dataset), dtype=bool)
         keep[chosen] = False
