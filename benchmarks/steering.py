@@ -137,22 +137,27 @@ def by_user(results) -> dict:
     return {user: {str(c): results.accuracy(c, user) for c in results.context_sizes} for user in results.users}
 
 
+def np_dpo_trainer(args, tokenizer, train, seed: int, output_dir: str) -> NPDPOTrainer:
+    """The NP-DPO trainer of this benchmark (64 pairs a step, `NP_SHAPE`, `NP_OPTIONS`)."""
+    config = NPDPOConfig(
+        **common_args(output_dir, seed, args.np_dpo_steps, learning_rate=3e-3, beta=0.5),
+        per_device_train_batch_size=4,
+        **NP_SHAPE,
+        **NP_OPTIONS,
+    )
+    return NPDPOTrainer(
+        model=tiny_causal_lm(tokenizer, seed=seed, hidden_size=HIDDEN),
+        args=config,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**LORA),
+    )
+
+
 def run_np(method: str, args, tokenizer, train, test, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         if method == "np_dpo":
-            config = NPDPOConfig(
-                **common_args(output_dir, seed, args.np_dpo_steps, learning_rate=3e-3, beta=0.5),
-                per_device_train_batch_size=4,
-                **NP_SHAPE,
-                **NP_OPTIONS,
-            )
-            trainer = NPDPOTrainer(
-                model=tiny_causal_lm(tokenizer, seed=seed, hidden_size=HIDDEN),
-                args=config,
-                train_dataset=train,
-                processing_class=tokenizer,
-                peft_config=LoraConfig(**LORA),
-            )
+            trainer = np_dpo_trainer(args, tokenizer, train, seed, output_dir)
         elif method == "np_btl":
             config = NPRewardConfig(
                 **common_args(output_dir, seed, args.np_btl_steps, learning_rate=3e-3),
@@ -201,7 +206,7 @@ def run_np(method: str, args, tokenizer, train, test, seed: int) -> dict:
         "accuracy": by_user(results),
         "curve": curve.curve,
         "steps_to_target": reached[0] if reached else None,
-        "steps": config.max_steps,
+        "steps": trainer.args.max_steps,
         "train_seconds": seconds,
     }
 

@@ -149,6 +149,32 @@ def test_difference_encoder_is_odd_in_the_choices(aggregation, latent_type):
     assert empty.mean.abs().max() == 0
 
 
+@pytest.mark.parametrize("latent_type", LATENT_TYPES)
+def test_bounded_latent_is_tanh_of_the_unbounded_one_and_stays_odd(latent_type):
+    """`bounded=True` squashes z (a Gaussian's mean) into (-1, 1) with tanh of what the same weights give unbounded; the
+    odd encoder stays odd, an empty context stays at 0, and the calibrated prior shift is added after the squash."""
+    kwargs = dict(latent_type=latent_type, pair_features="difference")
+    unbounded = NPLatentEncoder(D, LATENT, HIDDEN, **kwargs).eval()
+    bounded = NPLatentEncoder(D, LATENT, HIDDEN, bounded=True, **kwargs).eval()
+    bounded.load_state_dict(unbounded.state_dict())
+    with torch.no_grad():  # latents far outside (-1, 1) unbounded
+        unbounded.latent_head[-1].weight.mul_(100)
+        bounded.latent_head[-1].weight.mul_(100)
+    chosen, rejected = context(batch=3)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    free, out = unbounded(chosen, rejected, mask), bounded(chosen, rejected, mask)
+    assert free.mean.abs().max() > 1
+    torch.testing.assert_close(out.mean, torch.tanh(free.mean))
+    assert out.mean.abs().max() <= 1  # tanh in float32 reaches 1.0 exactly far out
+    torch.testing.assert_close(bounded(rejected, chosen, mask).mean, -out.mean)
+    assert out.mean[2].abs().max() == 0
+    if latent_type == "gaussian":
+        torch.testing.assert_close(out.std, free.std)
+    with torch.no_grad():
+        bounded.prior_shift.fill_(0.5)
+    torch.testing.assert_close(bounded(chosen, rejected, mask).mean[2], torch.full((LATENT,), 0.5))
+
+
 def test_deterministic_latent():
     out = make_encoder()(*context(), torch.ones(3, 5, dtype=torch.bool), sample=True)
     assert out.std is None

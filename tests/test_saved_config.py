@@ -149,3 +149,28 @@ def test_odd_encoder_and_shrunk_mean_round_trip(tmp_path):
     assert loaded_config == config
     chosen, rejected, mask = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [0, 0, 0]]).bool()
     torch.testing.assert_close(loaded.encoder(chosen, rejected, mask).z, modules.encoder(chosen, rejected, mask).z)
+
+
+def test_bounded_latent_round_trips_and_old_files_load_unbounded(tmp_path):
+    """`bounded` is saved with the encoder and rebuilds a bounded encoder; a file written before the field existed
+    loads an unbounded one (the model it was trained as)."""
+    encoder = replace(ENCODER, pair_features="difference", bounded=True)
+    config = PolicyConfig(encoder=encoder, context_embedding=PRECOMPUTED, hypernetwork=HYPERNETWORK, beta=0.05)
+    modules = NPModules.from_config(config)
+    save_np_modules(str(tmp_path), modules.state_dict(), config)
+    loaded, loaded_config = load_np_modules(str(tmp_path))
+    assert loaded_config == config and loaded.encoder.bounded
+    with torch.no_grad():
+        for module in (modules, loaded):  # latents far outside (-1, 1) before the bound
+            module.encoder.latent_head[-1].weight.mul_(1000)
+    chosen, rejected, mask = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    z = loaded.encoder(chosen, rejected, mask).z
+    assert z.abs().max() <= 1
+    torch.testing.assert_close(z, modules.encoder(chosen, rejected, mask).z)
+
+    path = tmp_path / "fssa_config.json"
+    data = json.loads(path.read_text())
+    del data["encoder"]["bounded"]
+    path.write_text(json.dumps(data))
+    old, old_config = load_np_modules(str(tmp_path))
+    assert old_config.encoder.bounded is False and not old.encoder.bounded

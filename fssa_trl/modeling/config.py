@@ -110,6 +110,7 @@ class LatentEncoderConfig:
     latent_type: str
     num_heads: int
     pair_features: str = "concat"  # files written before 0.2 used the concatenation
+    bounded: bool = False  # files written before the bounded latent have an unbounded one
 
     def __post_init__(self):
         _positive(self, "embedding_dim", "hidden_dim", "num_heads")  # latent_dim 0: a context-free baseline

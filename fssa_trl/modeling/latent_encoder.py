@@ -69,6 +69,12 @@ class NPLatentEncoder(nn.Module):
             antisymmetry makes the opposite choice give the opposite features, so users with opposite tastes sit
             on either side of the empty context; the encoder is then odd (see above). `"concat"` is the paper's
             `g([e(chosen), e(rejected)])`.
+        bounded (`bool`, *optional*, defaults to `False`):
+            Squash z (the mean of a Gaussian latent) into (-1, 1) with `tanh`. Unbounded, a latent trained through a
+            hypernetwork grows without limit (norms of 150-200 in the NP-DPO runs of issue 7), every optimiser step
+            then moves the hypernetwork's pre-activations by that much, and the policy stops improving for one of the
+            users; bounded, the same runs steer both users. `tanh` is odd, so the odd encoder stays odd (an empty
+            context still gives z = 0).
 
     Example:
 
@@ -92,6 +98,7 @@ class NPLatentEncoder(nn.Module):
         latent_type: str = "deterministic",
         num_heads: int = 4,
         pair_features: str = "concat",
+        bounded: bool = False,
     ):
         super().__init__()
         if pair_features not in PAIR_FEATURES:
@@ -110,6 +117,7 @@ class NPLatentEncoder(nn.Module):
         self.aggregation = aggregation
         self.latent_type = latent_type
         self.pair_features = pair_features
+        self.bounded = bounded
         self.pair_encoder = mlp((3 if pair_features == "difference" else 2) * embedding_dim, hidden_dim, hidden_dim)
         self.attention = (
             nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True) if aggregation == "attention" else None
@@ -208,9 +216,13 @@ class NPLatentEncoder(nn.Module):
         # The calibrated population prior: `prior_shift` moves the latent of empty sets (adding zero changes nothing).
         empty = (~mask.to(torch.bool).any(dim=1, keepdim=True)).to(hidden.dtype)  # (B, 1)
         if self.latent_type == "deterministic":
+            if self.bounded:
+                hidden = torch.tanh(hidden)
             hidden = hidden + empty * self.prior_shift.to(hidden.dtype)
             return LatentOutput(z=hidden, mean=hidden)
         mean, raw_std = hidden.chunk(2, dim=-1)
+        if self.bounded:
+            mean = torch.tanh(mean)
         mean = mean + empty * self.prior_shift.to(mean.dtype)
         std = 0.01 + 0.99 * nn.functional.softplus(raw_std)  # bounded below, as in the NP literature
         z = mean + std * torch.randn_like(std) if sample else mean

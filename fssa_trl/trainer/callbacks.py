@@ -155,6 +155,8 @@ class HeldoutEvaluationCallback(TrainerCallback):
             tries.append("a larger `context_btl_weight` (trains the encoder to read the context directly)")
         if getattr(args, "context_pair_features", None) != "difference":
             tries.append('`context_pair_features="difference"` (the odd encoder)')
+        if getattr(args, "bounded_latent", None) is False:
+            tries.append("`bounded_latent=True` (z in (-1, 1))")
         if getattr(args, "aggregation", None) == "mean":
             tries.append('`aggregation="shrunk_mean"`')
         if getattr(args, "condition_reward_head", None) is False:

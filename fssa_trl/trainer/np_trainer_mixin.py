@@ -234,6 +234,7 @@ class NPTrainerMixin:
             latent_type=args.latent_type,
             num_heads=args.aggregation_num_heads,
             pair_features=args.context_pair_features,
+            bounded=args.bounded_latent,
         )
 
     @staticmethod
