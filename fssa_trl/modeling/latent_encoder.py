@@ -70,11 +70,11 @@ class NPLatentEncoder(nn.Module):
             on either side of the empty context; the encoder is then odd (see above). `"concat"` is the paper's
             `g([e(chosen), e(rejected)])`.
         bounded (`bool`, *optional*, defaults to `False`):
-            Squash z (the mean of a Gaussian latent) into (-1, 1) with `tanh`. Unbounded, a latent trained through a
-            hypernetwork grows without limit (norms of 150-200 in the NP-DPO runs of issue 7), every optimiser step
-            then moves the hypernetwork's pre-activations by that much, and the policy stops improving for one of the
-            users; bounded, the same runs steer both users. `tanh` is odd, so the odd encoder stays odd (an empty
-            context still gives z = 0).
+            Squash z (the mean of a Gaussian latent) into (-1, 1) with `tanh`. Unbounded, nothing limits how large
+            a deterministic latent grows (norms of 150-200 in the NP-DPO runs of issue 7, whose policies stopped
+            improving for one of two users, at any latent); bounded, the same runs steered both users. `tanh` is
+            odd, so the odd encoder stays odd (an empty context still gives z = 0). The calibrated `prior_shift` is
+            added after the squash.
 
     Example:
 

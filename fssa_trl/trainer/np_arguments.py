@@ -102,9 +102,9 @@ class NPEpisodeArguments:
             halfway between opposite users, so the 0-shot model cannot side with one of them.
         bounded_latent (`bool`, *optional*, defaults to `False`):
             Squash the latent z into (-1, 1) with `tanh` (the mean, for a Gaussian latent). Without a bound, z can grow
-            without limit during training (norms of 150-200 in NP-DPO runs where the context steered one user to 0.95
-            and the other only to 0.80); with it the same runs steered both to 0.99-1.0 (`BENCHMARKS.md`). With
-            `context_pair_features="difference"` an empty context still gives z = 0.
+            without limit during training (norms of 150-200 in NP-DPO runs where 10 context pairs steered one user to
+            about 0.9 and the other only to 0.73-0.80); with it the same runs steered both to 0.99-1.0 (`BENCHMARKS.md`,
+            five seeds). With `context_pair_features="difference"` an empty context still gives z = 0.
         latent_type (`str`, *optional*, defaults to `"deterministic"`):
             `"deterministic"` (conditional NP) or `"gaussian"` (latent NP trained with the ELBO).
         kl_weight (`float`, *optional*, defaults to `1.0`):
