@@ -95,6 +95,7 @@ def test_valid_configs(tmp_path):
         ({"episode_passes": 0}, r"`episode_passes` must be >= 1"),
         ({"aggregation": "max"}, r"`aggregation` must be one of .*'max'"),
         ({"latent_type": "flow"}, r"`latent_type` must be one of .*'flow'"),
+        ({"bounded_latent": "false"}, r"`bounded_latent` must be True or False, got 'false' \(str\)"),
         ({"too_few_pairs": "drop"}, r"`too_few_pairs` must be one of .*'drop'"),
         ({"kl_weight": -0.1}, r"`kl_weight` must be >= 0"),
         ({"eval_context_sizes": []}, r"`eval_context_sizes` must be non-empty"),

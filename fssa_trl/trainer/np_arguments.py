@@ -212,6 +212,11 @@ class NPEpisodeArguments:
             raise ValueError(
                 f"`context_pair_features` must be one of {PAIR_FEATURES}, got {self.context_pair_features!r}."
             )
+        if not isinstance(self.bounded_latent, bool):  # a YAML or JSON "false" is a truthy string
+            raise ValueError(
+                f"`bounded_latent` must be True or False, got {self.bounded_latent!r} "
+                f"({type(self.bounded_latent).__name__}): pass a boolean, not a string or number."
+            )
         if self.latent_type not in LATENT_TYPES:
             raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {self.latent_type!r}.")
         if self.kl_weight < 0:
