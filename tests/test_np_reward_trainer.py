@@ -3,6 +3,7 @@
 
 import copy
 import os
+import random
 
 import pytest
 import torch
@@ -445,7 +446,10 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     for the other. Fitting the prior after training to 512 pairs set aside from the training set
     (`prior_calibration_pairs`; 2,256 pairs per user, so 2,000 are trained on) puts it at <= 65% for each user.
     Measured: 51.0 / 51.0 at 0 and 99.5 / 100 at 10 (set-aside pairs' loss 0.7226 -> 0.6816); uncalibrated, this
-    setting with 2,000 pairs per user gave 0.0 / 100.0 at 0 (BENCHMARKS.md has five seeds either way)."""
+    setting with 2,000 pairs per user gave 0.0 / 100.0 at 0 (BENCHMARKS.md has five seeds either way).
+
+    A reward model's "generations" are the responses it picks: best of 8 held-out responses per prompt, A's context
+    picked 38 style-a words and no style-b word, B's context the reverse."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))
     train = style_preference_dataset(2256, seed=0, **task)  # 256 per user set aside for `prior_calibration_pairs`
@@ -475,6 +479,25 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     for user in ("A", "B"):
         assert results.accuracy(10, user) >= 0.85, user
         assert results.accuracy(0, user) <= 0.65, user
+
+    # Best-of-8 picks follow the context: for each prompt, 8 held-out responses of either style drawn at random (not
+    # pairs); A's context picks more style-a words than B's context does, and vice versa.
+    model = trainer.steerable_model()
+    rows = test.to_list()
+    context = {u: [r for r in rows if r["user_id"] == u][:10] for u in ("A", "B")}
+    pool = [r[key] for r in rows[20:] for key in ("chosen", "rejected")]
+    rng = random.Random(0)
+    prompts = [r["prompt"] for r in rows[20:36]]
+    candidates = [rng.sample(pool, 8) for _ in prompts]
+    flat_prompts = [p for p, c in zip(prompts, candidates, strict=True) for _ in c]
+    flat_responses = [y for c in candidates for y in c]
+    words = {}
+    for user in ("A", "B"):
+        scores = model.score(flat_prompts, flat_responses, context=context[user], batch_size=64).view(len(prompts), 8)
+        picks = " ".join(c[i] for c, i in zip(candidates, scores.argmax(-1).tolist(), strict=True)).split()
+        words[user] = (sum(w.startswith("a") for w in picks), sum(w.startswith("b") for w in picks))
+    print(words)
+    assert words["A"][0] > words["B"][0] and words["B"][1] > words["A"][1], words
 
 
 def test_resume_in_the_second_epoch_of_redrawn_episodes_is_exact(tokenizer, data, tmp_path):
