@@ -449,7 +449,7 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     setting with 2,000 pairs per user gave 0.0 / 100.0 at 0 (BENCHMARKS.md has five seeds either way).
 
     A reward model's "generations" are the responses it picks: best of 8 held-out responses per prompt, A's context
-    picked 38 style-a words and no style-b word, B's context the reverse."""
+    picked 36 style-a words and no style-b word, B's context 42 style-b words and no style-a word."""
     tokenizer = word_tokenizer(neutral=True)
     task = dict(signal_fraction=0.25, response_words=(8, 12))
     train = style_preference_dataset(2256, seed=0, **task)  # 256 per user set aside for `prior_calibration_pairs`
@@ -485,7 +485,8 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
     model = trainer.steerable_model()
     rows = test.to_list()
     context = {u: [r for r in rows if r["user_id"] == u][:10] for u in ("A", "B")}
-    pool = [r[key] for r in rows[20:] for key in ("chosen", "rejected")]
+    unseen = [r for r in rows if r not in context["A"] and r not in context["B"]]  # no context response is a candidate
+    pool = [r[key] for r in unseen for key in ("chosen", "rejected")]
     rng = random.Random(0)
     prompts = [r["prompt"] for r in rows[20:36]]
     candidates = [rng.sample(pool, 8) for _ in prompts]
