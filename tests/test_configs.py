@@ -96,6 +96,8 @@ def test_valid_configs(tmp_path):
         ({"aggregation": "max"}, r"`aggregation` must be one of .*'max'"),
         ({"latent_type": "flow"}, r"`latent_type` must be one of .*'flow'"),
         ({"bounded_latent": "false"}, r"`bounded_latent` must be True or False, got 'false' \(str\)"),
+        ({"redraw_episodes": "no"}, r"`redraw_episodes` must be True or False, got 'no' \(str\)"),
+        ({"condition_reward_head": 1}, r"`condition_reward_head` must be True or False, got 1 \(int\)"),
         ({"too_few_pairs": "drop"}, r"`too_few_pairs` must be one of .*'drop'"),
         ({"kl_weight": -0.1}, r"`kl_weight` must be >= 0"),
         ({"eval_context_sizes": []}, r"`eval_context_sizes` must be non-empty"),

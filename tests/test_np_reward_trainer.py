@@ -481,7 +481,7 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
         assert results.accuracy(0, user) <= 0.65, user
 
     # Best-of-8 picks follow the context: for each prompt, 8 held-out responses of either style drawn at random (not
-    # pairs); A's context picks more style-a words than B's context does, and vice versa.
+    # pairs); A's context picks more style-a words than B's context does and than style-b words, and vice versa.
     model = trainer.steerable_model()
     rows = test.to_list()
     context = {u: [r for r in rows if r["user_id"] == u][:10] for u in ("A", "B")}
@@ -499,6 +499,7 @@ def test_steers_both_ways_when_few_tokens_carry_the_signal(tmp_path):
         words[user] = (sum(w.startswith("a") for w in picks), sum(w.startswith("b") for w in picks))
     print(words)
     assert words["A"][0] > words["B"][0] and words["B"][1] > words["A"][1], words
+    assert words["A"][0] > words["A"][1] and words["B"][1] > words["B"][0], words  # each user gets mostly its style
 
 
 def test_resume_in_the_second_epoch_of_redrawn_episodes_is_exact(tokenizer, data, tmp_path):

@@ -19,6 +19,17 @@ POSITIVE_FIELDS = {
 }
 
 
+def _np_boolean_fields(config_class: type) -> list[str]:
+    """The boolean fields fssa_trl's config classes declare (not those of TRL's or transformers' configs)."""
+    return [
+        name
+        for cls in config_class.__mro__
+        if cls.__module__.startswith("fssa_trl.")
+        for name, annotation in vars(cls).get("__annotations__", {}).items()
+        if annotation in ("bool", bool)
+    ]
+
+
 @dataclass
 class NPEpisodeArguments:
     r"""Fields shared by [`NPRewardConfig`], [`NPEmbeddingRewardConfig`] and [`NPDPOConfig`]: users, episodes,
@@ -212,11 +223,13 @@ class NPEpisodeArguments:
             raise ValueError(
                 f"`context_pair_features` must be one of {PAIR_FEATURES}, got {self.context_pair_features!r}."
             )
-        if not isinstance(self.bounded_latent, bool):  # a YAML or JSON "false" is a truthy string
-            raise ValueError(
-                f"`bounded_latent` must be True or False, got {self.bounded_latent!r} "
-                f"({type(self.bounded_latent).__name__}): pass a boolean, not a string or number."
-            )
+        for name in _np_boolean_fields(type(self)):  # a YAML or JSON "false" is a truthy string
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"`{name}` must be True or False, got {value!r} ({type(value).__name__}): pass a boolean, not a "
+                    "string or number."
+                )
         if self.latent_type not in LATENT_TYPES:
             raise ValueError(f"`latent_type` must be one of {LATENT_TYPES}, got {self.latent_type!r}.")
         if self.kl_weight < 0:
